@@ -1,0 +1,456 @@
+"""VectorIndex: the id <-> vector store behind search, and its on-disk file.
+
+File format (version 1), one file so that the index and the facts needed to trust it can never disagree::
+
+    offset 0        8 bytes   magic b"CBIRVIDX"
+    offset 8        4 bytes   header length H, unsigned little-endian
+    offset 12       H bytes   header, UTF-8 JSON object:
+                                format_version  int   (1)
+                                dim             int   vector dimension
+                                fingerprint     str   encoder fingerprint that produced the vectors
+                                description     str   faiss index_factory string of the inner index
+                                ntotal          int   number of vectors
+                                payload_nbytes  int   length of the payload
+                                payload_crc32   int   zlib.crc32 of the payload
+                                faiss_version   str   informational only
+    offset 12 + H   payload   faiss.serialize_index() of the IndexIDMap2, payload_nbytes long, then EOF
+
+The header is read and checked (version, dim, fingerprint) before the payload, so a mismatched index fails
+in milliseconds whatever its size. The CRC is checked before FAISS sees the payload because FAISS's reader
+trusts its input: corrupt bytes can make it allocate absurd amounts of memory or worse.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from index.errors import IndexFileError, IndexMismatchError, VectorIndexError
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "VectorIndex"]
+
+FORMAT_VERSION: Final = 1
+MAGIC: Final = b"CBIRVIDX"
+_HEADER_LEN: Final = struct.Struct("<I")
+_PREFIX_LEN: Final = len(MAGIC) + _HEADER_LEN.size
+# A real header is a few hundred bytes; the cap stops a corrupt length from triggering a huge read.
+_MAX_HEADER_BYTES: Final = 1 << 20
+# Mode for a brand-new index file. mkstemp creates 0600, which would make the index unreadable to e.g. a
+# backup job running as another user; an existing file's mode is kept instead.
+_NEW_FILE_MODE: Final = 0o644
+
+Int64Array = npt.NDArray[np.int64]
+Float32Array = npt.NDArray[np.float32]
+
+
+class VectorIndex:
+    """Inner-product FAISS index wrapped in IndexIDMap2; ids are the database row ids.
+
+    IndexIDMap2 rather than IndexIDMap because its reverse map (id -> position) is what makes
+    ``reconstruct`` by id possible.
+
+    Thread-safety: every method that touches the FAISS index holds ``self._lock``. FAISS allows concurrent
+    *searches* but not a search concurrent with ``add``/``remove`` (they reallocate the storage being
+    scanned). A single lock rather than a readers-writer lock because the standard library has none, the
+    FAISS calls release the GIL so waiting threads cost nothing, and one process serves a modest query rate;
+    if profiling ever shows searches queueing behind each other, a readers-writer lock is the drop-in
+    upgrade. It is reentrant so that methods may call each other while holding it.
+    """
+
+    dim: int
+    fingerprint: str
+    description: str
+
+    def __init__(self, dim: int, fingerprint: str, description: str = "Flat") -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            # An empty fingerprint would make every encoder look compatible with every index.
+            raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
+        if description.replace(" ", "").upper().startswith("IDMAP"):
+            raise ValueError(
+                f"description {description!r} must describe the inner index only: "
+                "VectorIndex adds the IDMap2 wrapper itself"
+            )
+        try:
+            inner = faiss.index_factory(int(dim), description, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"description {description!r} is not a valid faiss index_factory string: {_first_line(exc)}"
+            ) from exc
+        # The faiss Python wrapper keeps a reference from the IDMap to `inner`, so its lifetime is tied to it.
+        self._setup(faiss.IndexIDMap2(inner), int(dim), fingerprint, description)
+
+    def _setup(self, index: Any, dim: int, fingerprint: str, description: str) -> None:
+        """Shared by ``__init__`` and ``load``, which gets its FAISS index from a file instead."""
+        self.dim = dim
+        self.fingerprint = fingerprint
+        self.description = description
+        self._index = index
+        # Mirrors index.id_map: FAISS's reverse map is not reachable from Python, and the duplicate check in
+        # add() and __contains__ must not scan every id.
+        self._id_set: set[int] = set(faiss.vector_to_array(index.id_map).tolist())
+        self._lock = threading.RLock()
+        # Held for the whole of save(), so that concurrent saves reach os.replace in snapshot order and an
+        # older snapshot can never overwrite a newer one; self._lock is only held while serialising.
+        self._save_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(dim={self.dim}, fingerprint={self.fingerprint!r}, "
+            f"description={self.description!r}, ntotal={self.ntotal})"
+        )
+
+    @property
+    def ntotal(self) -> int:
+        with self._lock:
+            return int(self._index.ntotal)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    # ------------------------------------------------------------------ mutation
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under caller-chosen ids.
+
+        Duplicates are refused rather than replaced: IndexIDMap2 would silently keep both copies, and a row id
+        that appears twice in search results is a bug upstream that should surface here.
+        """
+        id_arr = _as_id_array(ids, "ids")
+        vec_arr = _as_matrix(vectors, self.dim, "vectors", n=id_arr.shape[0])
+        if id_arr.shape[0] == 0:
+            return
+        if (id_arr < 0).any():
+            raise ValueError(
+                "ids must be non-negative (FAISS uses -1 for 'no result'), "
+                f"got {id_arr[id_arr < 0][:5].tolist()}"
+            )
+        unique, counts = np.unique(id_arr, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"ids contains duplicates within the batch: {unique[counts > 1][:10].tolist()}")
+        with self._lock:
+            present = [i for i in id_arr.tolist() if i in self._id_set]
+            if present:
+                raise ValueError(
+                    f"ids already in the index: {present[:10]}{' ...' if len(present) > 10 else ''}; "
+                    "remove them first to replace their vectors"
+                )
+            if not self._index.is_trained:
+                raise VectorIndexError(
+                    f"the {self.description!r} index must be trained before vectors can be added"
+                )
+            self._index.add_with_ids(vec_arr, id_arr)
+            self._id_set.update(id_arr.tolist())
+
+    def remove(self, ids: np.ndarray | Sequence[int]) -> int:
+        """Remove ids; unknown ids are ignored so that deleting twice is harmless (idempotent API calls)."""
+        id_arr = _as_id_array(ids, "ids")
+        with self._lock:
+            known = sorted({i for i in id_arr.tolist() if i in self._id_set})
+            if not known:
+                return 0
+            removed = int(self._index.remove_ids(np.asarray(known, dtype=np.int64)))
+            self._id_set.difference_update(known)
+            return removed
+
+    # ------------------------------------------------------------------ queries
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[Float32Array, Int64Array]:
+        """Top-k by inner product (cosine similarity for the L2-normalised vectors the encoders produce).
+
+        k is clipped to ntotal so that a small collection returns what it has instead of FAISS's padding of
+        id -1; an empty index returns (Q, 0) arrays for the same reason.
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q.reshape(1, -1)
+        q = _as_matrix(q, self.dim, "queries", n=None, original=queries)
+        with self._lock:
+            ntotal = int(self._index.ntotal)
+            if ntotal == 0:
+                return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
+            scores, found = self._index.search(q, min(int(k), ntotal))
+        return np.asarray(scores, dtype=np.float32), np.asarray(found, dtype=np.int64)
+
+    def ids(self) -> Int64Array:
+        with self._lock:
+            stored = faiss.vector_to_array(self._index.id_map)
+        return np.sort(stored.astype(np.int64, copy=False))
+
+    def __contains__(self, image_id: object) -> bool:
+        if isinstance(image_id, bool) or not isinstance(image_id, int | np.integer):
+            return False
+        with self._lock:
+            return int(image_id) in self._id_set
+
+    def reconstruct(self, image_id: int) -> Float32Array:
+        """The stored vector; KeyError (not FAISS's RuntimeError) for an unknown id, like a mapping."""
+        with self._lock:
+            if image_id not in self:
+                raise KeyError(image_id)
+            return np.asarray(self._index.reconstruct(int(image_id)), dtype=np.float32)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a crash at any moment leaves the previous file or the new one, never a mix.
+
+        The index is serialised to memory under the lock (a memcpy-speed snapshot consistent with concurrent
+        adds), and written to disk outside it so searches are not blocked by I/O. The price is a transient
+        second copy of the index in memory.
+        """
+        path = Path(path)
+        with self._save_lock:
+            with self._lock:
+                payload = faiss.serialize_index(self._index)
+                ntotal = int(self._index.ntotal)
+            header = {
+                "format_version": FORMAT_VERSION,
+                "dim": self.dim,
+                "fingerprint": self.fingerprint,
+                "description": self.description,
+                "ntotal": ntotal,
+                "payload_nbytes": int(payload.nbytes),
+                "payload_crc32": zlib.crc32(payload.data),
+                "faiss_version": faiss.__version__,
+            }
+            header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+            _atomic_write(path, [MAGIC, _HEADER_LEN.pack(len(header_bytes)), header_bytes, payload.data])
+
+    @classmethod
+    def load(cls, path: Path, *, dim: int, fingerprint: str) -> VectorIndex:
+        """Load and verify; never returns an index that disagrees with the configured encoder."""
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                header = _read_header(f, path)
+                if header["dim"] != dim or header["fingerprint"] != fingerprint:
+                    raise IndexMismatchError(
+                        path,
+                        stored_fingerprint=header["fingerprint"],
+                        stored_dim=header["dim"],
+                        expected_fingerprint=fingerprint,
+                        expected_dim=dim,
+                    )
+                payload = _read_payload(f, path, header)
+        except FileNotFoundError as exc:
+            raise IndexFileError(path, "the file does not exist") from exc
+        except OSError as exc:
+            raise IndexFileError(path, f"the file cannot be read ({exc.strerror or exc})") from exc
+        index = _deserialize(payload, path, header)
+        self = cls.__new__(cls)
+        self._setup(index, header["dim"], header["fingerprint"], header["description"])
+        if len(self._id_set) != header["ntotal"]:
+            raise IndexFileError(path, "the file is corrupt (the stored index holds duplicate ids)")
+        return self
+
+    @classmethod
+    def open_or_create(
+        cls, path: Path, *, dim: int, fingerprint: str, description: str = "Flat"
+    ) -> VectorIndex:
+        """The service's startup path: ``description`` only applies when no file exists yet."""
+        path = Path(path)
+        if not path.exists():
+            return cls(dim, fingerprint, description)
+        return cls.load(path, dim=dim, fingerprint=fingerprint)
+
+
+# ---------------------------------------------------------------------- input validation
+
+
+def _as_id_array(ids: object, what: str) -> Int64Array:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{what} must be a 1-D int64 array of shape (N,), got shape {arr.shape} dtype {arr.dtype}"
+        )
+    if arr.shape[0] == 0:
+        # np.asarray([]) is float64; an empty batch is accepted whatever its dtype.
+        return np.empty(0, np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be an integer array (int64), got shape {arr.shape} dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{what} must fit in int64, got values up to {int(arr.max())} (dtype {arr.dtype})")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _as_matrix(x: object, dim: int, what: str, *, n: int | None, original: object = None) -> Float32Array:
+    """Check shape first, then dtype, then convert: a wrong-shape float64 array gets a shape message."""
+    arr = np.asarray(x)
+    shown = np.asarray(original) if original is not None else arr
+    rows = "N" if n is None else str(n)
+    if arr.ndim != 2 or arr.shape[1] != dim or (n is not None and arr.shape[0] != n):
+        extra = " or (dim,)" if what == "queries" else ""
+        raise ValueError(
+            f"{what} must have shape ({rows}, {dim}){extra} and dtype float32, "
+            f"got shape {shown.shape} dtype {shown.dtype}"
+        )
+    if arr.shape[0] == 0:
+        return np.empty((0, dim), np.float32)
+    if arr.dtype.kind != "f":
+        raise ValueError(
+            f"{what} must be floating point (float32), got shape {shown.shape} dtype {shown.dtype}"
+        )
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, reported just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"{what} contains NaN or infinite values (after conversion to float32) "
+            f"in rows {bad[:10].tolist()}"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- file I/O
+
+
+def _atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+    """Temp file in the same directory so that os.replace is a rename, which POSIX makes atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = _NEW_FILE_MODE
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        # BaseException: a KeyboardInterrupt mid-write must not leave a multi-GB temp file behind either.
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; without this a power cut can resurrect the old directory entry."""
+    if os.name == "nt":  # directories cannot be opened on Windows; NTFS journals renames itself
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems (certain network and FUSE mounts) refuse fsync on a directory. The new file is in
+        # place already, so failing the save would only mislead the caller.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _read_header(f: io.BufferedReader, path: Path) -> dict[str, Any]:
+    prefix = f.read(_PREFIX_LEN)
+    if prefix[: len(MAGIC)] != MAGIC:
+        if len(prefix) < len(MAGIC) and MAGIC.startswith(prefix):
+            raise IndexFileError(path, f"the file is truncated ({len(prefix)} bytes)")
+        raise IndexFileError(path, "the file is not a cbir vector index (wrong magic bytes)")
+    if len(prefix) < _PREFIX_LEN:
+        raise IndexFileError(path, f"the file is truncated ({len(prefix)} bytes)")
+    (header_len,) = _HEADER_LEN.unpack(prefix[len(MAGIC) :])
+    if header_len > _MAX_HEADER_BYTES:
+        raise IndexFileError(path, f"the file is corrupt (header length {header_len} is implausible)")
+    raw = f.read(header_len)
+    if len(raw) < header_len:
+        raise IndexFileError(path, "the file is truncated (inside the header)")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFileError(path, f"the file is corrupt (unreadable header: {exc})") from exc
+    if not isinstance(header, dict):
+        raise IndexFileError(path, "the file is corrupt (header is not a JSON object)")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFileError(
+            path, f"the file has format version {version!r} but this version of cbir reads {FORMAT_VERSION}"
+        )
+    for name, kind in (
+        ("dim", int),
+        ("fingerprint", str),
+        ("description", str),
+        ("ntotal", int),
+        ("payload_nbytes", int),
+        ("payload_crc32", int),
+    ):
+        value = header.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise IndexFileError(path, f"the file is corrupt (header field {name!r} is {value!r})")
+    return header
+
+
+def _read_payload(f: io.BufferedReader, path: Path, header: dict[str, Any]) -> npt.NDArray[np.uint8]:
+    nbytes: int = header["payload_nbytes"]
+    # Compare with the file size before allocating, so a truncated file gives a clear message and a corrupt
+    # length does not become a MemoryError.
+    expected_size = f.tell() + nbytes
+    actual_size = os.fstat(f.fileno()).st_size
+    if actual_size < expected_size:
+        raise IndexFileError(path, f"the file is truncated ({actual_size} of {expected_size} bytes)")
+    if actual_size > expected_size:
+        raise IndexFileError(
+            path, f"the file is corrupt ({actual_size - expected_size} unexpected bytes after the index)"
+        )
+    payload = np.empty(nbytes, dtype=np.uint8)
+    view = payload.data
+    got = 0
+    while got < nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            raise IndexFileError(path, f"the file is truncated ({got} of {nbytes} index bytes read)")
+        got += n
+    if zlib.crc32(payload.data) != header["payload_crc32"]:
+        raise IndexFileError(path, "the file is corrupt (checksum mismatch)")
+    return payload
+
+
+def _deserialize(payload: npt.NDArray[np.uint8], path: Path, header: dict[str, Any]) -> Any:
+    try:
+        # No faiss.downcast_index here: the SWIG reader already returns the concrete class, and downcasting a
+        # temporary yields a non-owning proxy whose object is freed with the temporary (a use-after-free).
+        index = faiss.deserialize_index(payload)
+    except RuntimeError as exc:
+        raise IndexFileError(path, f"the file is corrupt (FAISS cannot read it: {_first_line(exc)})") from exc
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise IndexFileError(
+            path, f"the file is corrupt (holds a {type(index).__name__}, not an IndexIDMap2)"
+        )
+    if index.d != header["dim"] or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexFileError(path, "the file is corrupt (the stored index disagrees with its header)")
+    if index.ntotal != header["ntotal"]:
+        raise IndexFileError(
+            path,
+            f"the file is corrupt (header says {header['ntotal']} vectors, the index holds {index.ntotal})",
+        )
+    return index
+
+
+_FAISS_LOCATION: Final = re.compile(r"^Error in .*? at \S+:\d+: ", re.DOTALL)
+
+
+def _first_line(exc: BaseException) -> str:
+    """FAISS errors start with a C++ signature and source location that mean nothing to an operator."""
+    text = _FAISS_LOCATION.sub("", str(exc).strip(), count=1)
+    return text.splitlines()[0] if text else type(exc).__name__
