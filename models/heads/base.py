@@ -1,0 +1,88 @@
+"""What a pooling head is, and the registry that finds heads by name.
+
+A head turns a backbone feature map into one vector. A new head is one file with a decorated Head subclass
+plus one import line in models/heads/__init__.py; the tests iterate over the registry, so it is covered on
+arrival.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from models.errors import EncoderConfigError
+
+__all__ = ["Head", "available_heads", "build_head", "register_head"]
+
+
+class Head(nn.Module):
+    """(B, C, h, w) feature map -> (B, out_dim) vector; the Encoder L2-normalises, so heads need not."""
+
+    name: ClassVar[str]
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        if in_channels < 1:
+            raise EncoderConfigError(f"head {self.name!r} needs a positive channel count, got {in_channels}")
+        self.in_channels = in_channels
+
+    @property
+    def out_dim(self) -> int:
+        """Pooling heads keep one value per channel; heads that project or concatenate override this."""
+        return self.in_channels
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings that change the output; they go into the encoder fingerprint."""
+        return {}
+
+    def state_hash(self) -> str | None:
+        """Short hash of the head's learnable state (None if none): a retrained head changes vectors."""
+        state = self.state_dict()
+        if not state:
+            return None
+        digest = hashlib.sha256()
+        for key in sorted(state):
+            tensor = state[key].detach().to("cpu").contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()[:8]
+
+
+_REGISTRY: dict[str, type[Head]] = {}
+
+
+def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
+    """Class decorator: make the head available under `name` and give it that name."""
+
+    def decorator(cls: type[Head]) -> type[Head]:
+        if name in _REGISTRY:
+            raise ValueError(f"head {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_heads() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_head(name: str, in_channels: int, **kwargs: Any) -> Head:
+    """Build by name; kwargs are the head's own options (e.g. p for GeM)."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(available_heads())
+        raise EncoderConfigError(f"unknown head {name!r}; known heads: {known}") from None
+    try:
+        return cls(in_channels, **kwargs)
+    except TypeError as exc:
+        raise EncoderConfigError(f"bad options for head {name!r}: {exc}") from exc
