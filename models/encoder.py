@@ -116,6 +116,7 @@ def build_encoder(
     max_side: int = 320,
     device: str = "auto",
     head_options: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
 ) -> Encoder:
     """Assemble an encoder by names; misconfiguration raises EncoderConfigError before any model is built."""
     if max_side < _MIN_SIDE:
@@ -123,7 +124,9 @@ def build_encoder(
     torch_device = resolve_device(device)
     built = build_backbone(backbone, weights)
     pooling = build_head(head, built.out_channels, **dict(head_options or {}))
-    return Encoder(built, pooling, backbone_name=backbone, max_side=max_side, device=torch_device)
+    return Encoder(
+        built, pooling, backbone_name=backbone, max_side=max_side, device=torch_device, batch_size=batch_size
+    )
 
 
 def resolve_device(device: str) -> torch.device:

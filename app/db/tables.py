@@ -1,0 +1,48 @@
+"""The database schema, as typed SQLAlchemy 2 models.
+
+The database is the source of truth: every image's row also holds the vector it was indexed with, so the
+FAISS index can always be rebuilt or repaired from it without re-embedding. The schema changes only through
+Alembic migrations (``migrations/``); a test checks that autogenerate finds no difference with these models.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# A naming convention makes constraint names deterministic, which SQLite batch migrations need.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    original_name: Mapped[str] = mapped_column(String(1024))
+    source_path: Mapped[str | None] = mapped_column(Text, default=None)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    encoder: Mapped[str] = mapped_column(String(256), index=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,89 @@
+"""The FastAPI application: built by ``create_app(settings)``, which loads the encoder and the collection
+in its lifespan, so each app (and each test) owns its own data directory, database and index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.routes import health, images, search
+from app.services.collection import Collection
+from models import Encoder, build_encoder
+
+log = logging.getLogger("cbir")
+
+# Multipart framing around the file: a request this much above the upload limit cannot hold a valid upload.
+MULTIPART_SLACK = 64 * 1024
+
+
+def encoder_from_settings(settings: Settings) -> Encoder:
+    return build_encoder(
+        settings.backbone,
+        settings.head,
+        weights=settings.weights,
+        max_side=settings.max_side,
+        device=settings.device,
+        batch_size=settings.batch_size,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        encoder = encoder_from_settings(settings)
+        collection = Collection.open(settings, encoder)
+        app.state.collection = collection
+        log.info(
+            "ready: %d images, encoder %s (dim %d) on %s, data in %s",
+            collection.index.ntotal,
+            encoder.fingerprint,
+            encoder.dim,
+            encoder.device,
+            settings.data_dir,
+        )
+        try:
+            yield
+        finally:
+            app.state.collection = None
+            collection.save_index()
+            collection.close()
+
+    app = FastAPI(
+        title="cbir",
+        summary="Find visually similar images: upload a collection, search it by example.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.collection = None
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def reject_oversized(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Refuse a body we would refuse anyway before it is read and spooled to disk.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_SLACK:
+            return JSONResponse(
+                {
+                    "error": "payload_too_large",
+                    "detail": f"the request is {length} bytes, above the {settings.max_upload_bytes} byte "
+                    "upload limit (CBIR_MAX_UPLOAD_BYTES)",
+                },
+                status_code=413,
+            )
+        return await call_next(request)
+
+    app.include_router(images.router)
+    app.include_router(search.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,55 @@
+"""Adding, reading and deleting images of the collection."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from app.deps import CollectionDep, SettingsDep
+from app.routes.uploads import parse_metadata, read_upload
+from app.schemas import DeleteOut, ErrorOut, ImageOut, UploadOut
+from app.storage import media_type
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+ImageId = Annotated[int, Path(ge=1, le=2**62, description="The image's id.")]
+ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
+
+
+@router.post("", response_model=UploadOut, status_code=201, responses={200: {"model": UploadOut}, **ERRORS})
+def upload_image(
+    collection: CollectionDep,
+    settings: SettingsDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, GIF, BMP or TIFF).")],
+    metadata: Annotated[str | None, Form(description="Optional JSON object stored with the image.")] = None,
+) -> UploadOut:
+    meta = parse_metadata(metadata)
+    data = read_upload(file, settings.max_upload_bytes)
+    added = collection.add_upload(data, file.filename or "upload", meta)
+    if added.duplicate:
+        response.status_code = 200
+    return UploadOut(id=added.image.id, duplicate=added.duplicate, image=ImageOut.from_row(added.image))
+
+
+@router.get("/{image_id}", response_model=ImageOut, responses=ERRORS)
+def get_image(collection: CollectionDep, image_id: ImageId) -> ImageOut:
+    return ImageOut.from_row(collection.get(image_id))
+
+
+@router.get("/{image_id}/file", response_class=FileResponse, responses=ERRORS)
+def get_image_file(collection: CollectionDep, image_id: ImageId) -> FileResponse:
+    row = collection.get(image_id)
+    return FileResponse(collection.file_path(row), media_type=media_type(row.format))
+
+
+@router.delete("/{image_id}", response_model=DeleteOut, responses=ERRORS)
+def delete_image(collection: CollectionDep, image_id: ImageId) -> DeleteOut:
+    row = collection.delete(image_id)
+    return DeleteOut(id=row.id, deleted=True)

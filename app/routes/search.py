@@ -1,0 +1,41 @@
+"""Similarity search by example image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from app.deps import CollectionDep, SettingsDep
+from app.routes.images import ERRORS
+from app.routes.uploads import read_upload
+from app.schemas import SearchHit, SearchOut, image_url
+
+router = APIRouter(tags=["search"])
+
+MAX_K = 100
+
+
+@router.post("/search", response_model=SearchOut, responses=ERRORS)
+def search(
+    collection: CollectionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The query image.")],
+    k: Annotated[int, Form(ge=1, le=MAX_K, description="How many results, at most 100.")] = 10,
+) -> SearchOut:
+    data = read_upload(file, settings.max_upload_bytes)
+    hits = collection.search_image(data, k)
+    return SearchOut(
+        k=k,
+        encoder=collection.encoder.fingerprint,
+        results=[
+            SearchHit(
+                id=hit.image.id,
+                score=hit.score,
+                original_name=hit.image.original_name,
+                metadata=hit.image.meta or {},
+                url=image_url(hit.image.id),
+            )
+            for hit in hits
+        ],
+    )

@@ -1,0 +1,89 @@
+"""Request and response models: the public contract of the REST API (and its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.db.tables import Image
+
+
+def image_url(image_id: int) -> str:
+    return f"/images/{image_id}/file"
+
+
+class ImageOut(BaseModel):
+    id: int
+    sha256: str
+    original_name: str
+    width: int
+    height: int
+    size_bytes: int
+    format: str
+    created_at: datetime
+    metadata: dict[str, Any]
+    encoder: str
+    url: str
+
+    @classmethod
+    def from_row(cls, row: Image) -> ImageOut:
+        return cls(
+            id=row.id,
+            sha256=row.sha256,
+            original_name=row.original_name,
+            width=row.width,
+            height=row.height,
+            size_bytes=row.size_bytes,
+            format=row.format,
+            created_at=row.created_at,
+            metadata=row.meta or {},
+            encoder=row.encoder,
+            url=image_url(row.id),
+        )
+
+
+class UploadOut(BaseModel):
+    id: int
+    duplicate: bool = Field(description="True when identical content was already stored; id is that image's.")
+    image: ImageOut
+
+
+class SearchHit(BaseModel):
+    id: int
+    score: float = Field(description="Cosine similarity of the descriptors, in [-1, 1]; higher is closer.")
+    original_name: str
+    metadata: dict[str, Any]
+    url: str
+
+
+class SearchOut(BaseModel):
+    k: int
+    encoder: str
+    results: list[SearchHit]
+
+
+class DeleteOut(BaseModel):
+    id: int
+    deleted: bool
+
+
+class StatsOut(BaseModel):
+    count: int
+    indexed: int
+    dimension: int
+    encoder: str
+    index_type: str
+    device: str
+
+
+class HealthOut(BaseModel):
+    status: str
+    model_loaded: bool
+    index_loaded: bool
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any

@@ -1,0 +1,57 @@
+"""Content-addressed file store: an image lives at images/ab/cd/<sha256>.<ext>, written atomically.
+
+Content addressing makes a re-upload or an interrupted-then-rerun bulk job write the same file again
+harmlessly, and lets two rows never share or clobber a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+def media_type(fmt: str) -> str:
+    return MEDIA_TYPES.get(fmt.upper(), "application/octet-stream")
+
+
+class FileStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, sha256: str, fmt: str) -> Path:
+        ext = EXTENSIONS.get(fmt.upper(), fmt.lower() or "bin")
+        return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.{ext}"
+
+    def write(self, sha256: str, fmt: str, data: bytes) -> Path:
+        target = self.path_for(sha256, fmt)
+        if target.exists() and target.stat().st_size == len(data):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return target
+
+    def delete(self, sha256: str, fmt: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path_for(sha256, fmt).unlink()

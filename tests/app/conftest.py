@@ -1,0 +1,55 @@
+"""Fixtures for the app tests: an app on a temporary data directory with the tiny random backbone."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.config import Settings
+from app.main import create_app
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+COREL = SHARED / "corel1k"
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (96, 64), fmt: str = "JPEG") -> bytes:
+    """A distinct, structured test image: smooth random blobs, so tiny-backbone features differ per seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(4, 6, 3), dtype=np.uint8)
+    picture = Image.fromarray(coarse).resize(size, Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        backbone="tiny_random",
+        head="gap",
+        max_side=64,
+        batch_size=4,
+        commit_every=4,
+        workers=2,
+        device="cpu",
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def corel() -> Path:
+    if not COREL.is_dir():
+        pytest.fail(f"the Corel-1K dataset is missing at {COREL}; tests need ../shared beside the checkout")
+    return COREL

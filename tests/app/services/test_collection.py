@@ -1,0 +1,95 @@
+"""Crash safety of the collection: the index is reconciled with the database, which is the source of truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.config import Settings
+from app.errors import CollectionMismatchError
+from app.main import encoder_from_settings
+from app.services.collection import Collection
+from index import VectorIndex
+from tests.app.conftest import image_bytes
+
+
+def open_collection(settings: Settings) -> Collection:
+    return Collection.open(settings, encoder_from_settings(settings))
+
+
+def add(collection: Collection, seeds: range) -> list[int]:
+    return [collection.add_upload(image_bytes(seed), f"{seed}.jpg").image.id for seed in seeds]
+
+
+def test_rows_committed_but_index_not_saved_are_replayed(settings: Settings) -> None:
+    collection = open_collection(settings)
+    add(collection, range(3))
+    # A crash after the database commit but before the index save: ingest without save_index.
+    items = [collection.prepare_upload(image_bytes(seed), f"{seed}.jpg") for seed in range(3, 6)]
+    collection.ingest(items, collection.embed_prepared(items))
+    collection.close()
+
+    reopened = open_collection(settings)
+    assert reopened.index.ntotal == 6
+    assert sorted(reopened.index.ids().tolist()) == list(range(1, 7))
+    top = reopened.search_image(image_bytes(4), 1)[0]
+    assert top.image.original_name == "4.jpg"
+    reopened.close()
+
+
+def test_stray_index_ids_are_dropped_and_a_lost_index_is_rebuilt(settings: Settings) -> None:
+    collection = open_collection(settings)
+    ids = add(collection, range(4))
+    collection.index.add(np.array([999], dtype=np.int64), collection.index.reconstruct(ids[0])[None, :])
+    collection.save_index()
+    collection.close()
+
+    reopened = open_collection(settings)
+    assert 999 not in reopened.index
+    assert reopened.index.ntotal == 4
+    reopened.close()
+
+    settings.index_path.unlink()
+    rebuilt = open_collection(settings)
+    assert sorted(rebuilt.index.ids().tolist()) == sorted(ids)
+    rebuilt.close()
+
+
+def test_corrupt_index_file_is_rebuilt_from_the_database(settings: Settings) -> None:
+    collection = open_collection(settings)
+    ids = add(collection, range(3))
+    collection.close()
+    settings.index_path.write_bytes(b"garbage")
+    reopened = open_collection(settings)
+    assert sorted(reopened.index.ids().tolist()) == sorted(ids)
+    reopened.close()
+
+
+def test_another_encoder_is_refused_with_what_to_do(settings: Settings) -> None:
+    collection = open_collection(settings)
+    add(collection, range(2))
+    collection.close()
+    other = settings.model_copy(update={"head": "mac"})
+    with pytest.raises(CollectionMismatchError, match="cbir reindex"):
+        open_collection(other)
+
+
+def test_index_file_from_another_encoder_is_refused(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True)
+    VectorIndex(8, "someone-else").save(settings.index_path)
+    with pytest.raises(CollectionMismatchError, match="cbir reindex"):
+        open_collection(settings)
+
+
+def test_duplicates_within_one_batch_are_stored_once(settings: Settings) -> None:
+    collection = open_collection(settings)
+    items = [
+        collection.prepare_upload(image_bytes(1), "a.jpg"),
+        collection.prepare_upload(image_bytes(1), "b.jpg"),
+    ]
+    results = collection.ingest(items, collection.embed_prepared(items))
+    assert [r.duplicate for r in results] == [False, True]
+    assert results[0].image.id == results[1].image.id
+    assert collection.count() == 1
+    assert collection.index.ntotal == 1
+    collection.close()

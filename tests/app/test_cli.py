@@ -1,0 +1,122 @@
+"""The `cbir` command on the tiny backbone: indexing, reruns, search, stats, evaluate, reindex and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from app.config import Settings
+from tests.app.conftest import image_bytes
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    return {
+        "CBIR_DATA_DIR": str(settings.data_dir),
+        "CBIR_BACKBONE": "tiny_random",
+        "CBIR_MAX_SIDE": "64",
+        "CBIR_BATCH_SIZE": "4",
+        "CBIR_COMMIT_EVERY": "4",
+        "CBIR_DEVICE": "cpu",
+    }
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Nested images, a duplicate under another name, and files that are not images."""
+    root = tmp_path / "photos"
+    for seed in range(10):
+        sub = root / f"part{seed % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img{seed}.jpg").write_bytes(image_bytes(seed))
+    (root / "part0" / "copy-of-img1.jpg").write_bytes(image_bytes(1))
+    (root / "notes.txt").write_text("not an image")
+    (root / "part1" / "broken.jpg").write_bytes(image_bytes(42, size=(300, 200))[:500])
+    return root
+
+
+def invoke(env: dict[str, str], *args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+def test_index_skips_non_images_and_duplicates_and_rerun_adds_nothing(
+    env: dict[str, str], folder: Path
+) -> None:
+    first = invoke(env, "index", str(folder))
+    assert first.exit_code == 0, first.output
+    assert "added 10, duplicates 1, skipped 2" in first.output
+    assert "notes.txt" in first.output
+    assert "broken.jpg" in first.output
+    again = invoke(env, "index", str(folder))
+    assert again.exit_code == 0, again.output
+    assert "added 0, duplicates 11, skipped 2" in again.output
+    stats = invoke(env, "stats")
+    assert "count" in stats.output
+    assert "│ 10" in stats.output.replace("  ", " ") or " 10 " in stats.output
+
+
+def test_search_prints_a_table_and_json(env: dict[str, str], folder: Path) -> None:
+    invoke(env, "index", str(folder))
+    query = folder / "part1" / "img4.jpg"
+    table = invoke(env, "search", str(query), "-k", "3")
+    assert table.exit_code == 0, table.output
+    assert "img4.jpg" in table.output
+    as_json = invoke(env, "search", str(query), "-k", "3", "--json")
+    rows = json.loads(as_json.output)
+    assert len(rows) == 3
+    assert rows[0]["name"] == "img4.jpg"
+    assert rows[0]["score"] > 0.999
+
+
+def test_evaluate_prints_figures_and_a_json_last_line(env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "classes"
+    for label in range(3):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(4):
+            (root / f"class{label}" / f"{i}.png").write_bytes(image_bytes(label * 100 + i, fmt="PNG"))
+    result = invoke(env, "evaluate", str(root))
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["images"] == 12
+    assert figures["classes"] == 3
+    assert {"mAP", "P@1", "P@5", "P@10", "encoder"} <= set(figures)
+    assert 0.0 < figures["mAP"] <= 1.0
+
+
+def test_changing_the_encoder_needs_reindex(env: dict[str, str], folder: Path) -> None:
+    invoke(env, "index", str(folder))
+    other = {**env, "CBIR_HEAD": "mac"}
+    refused = runner.invoke(app, ["search", str(folder / "part0" / "img0.jpg")], env=other)
+    assert refused.exit_code == 1
+    assert "cbir reindex" in refused.output
+    done = invoke(other, "reindex")
+    assert done.exit_code == 0, done.output
+    assert "re-embedded 10 images" in done.output
+    found = invoke(other, "search", str(folder / "part0" / "img0.jpg"), "--json")
+    assert json.loads(found.output)[0]["name"] == "img0.jpg"
+
+
+def test_errors_are_one_line_and_non_zero(env: dict[str, str], tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["index", str(tmp_path / "nowhere")], env=env)
+    assert missing.exit_code == 2
+    assert "is not a directory" in missing.output
+    unknown = runner.invoke(app, ["stats"], env={**env, "CBIR_BACKBONE": "nonesuch"})
+    assert unknown.exit_code == 1
+    assert "nonesuch" in unknown.output
+    not_image = tmp_path / "q.jpg"
+    not_image.write_text("text")
+    invalid = runner.invoke(app, ["search", str(not_image)], env=env)
+    assert invalid.exit_code == 1
+    assert "error" in invalid.output
+
+
+def test_db_upgrade(env: dict[str, str]) -> None:
+    result = invoke(env, "db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert "now at head" in result.output

@@ -1,0 +1,164 @@
+"""End to end on the embedded default (EfficientNet-Lite0, GAP) and real Corel-1K photos: the real `cbir`
+command in subprocesses, a real uvicorn server on a free port, and a bulk job killed halfway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from index import VectorIndex
+
+pytestmark = pytest.mark.slow
+
+PER_CLASS = 20
+
+
+def cbir(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def subset(corel_module: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first PER_CLASS photos of every Corel class, linked into a folder of the same layout."""
+    root = tmp_path_factory.mktemp("corel-subset")
+    for folder in sorted(p for p in corel_module.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir()
+        for photo in sorted(folder.iterdir())[:PER_CLASS]:
+            (root / folder.name / photo.name).symlink_to(photo)
+    return root
+
+
+@pytest.fixture(scope="module")
+def corel_module() -> Path:
+    from tests.app.conftest import COREL
+
+    if not COREL.is_dir():
+        pytest.fail(f"the Corel-1K dataset is missing at {COREL}")
+    return COREL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env_for(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "CBIR_DATA_DIR": str(data_dir), "CBIR_DEVICE": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def server(corel_module: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`cbir index` of the whole of Corel-1K, then `cbir serve` on a free port."""
+    data_dir = tmp_path_factory.mktemp("served") / "data"
+    env = env_for(data_dir)
+    indexed = subprocess.run(
+        cbir("index", str(corel_module)), env=env, capture_output=True, text=True, timeout=900
+    )
+    assert indexed.returncode == 0, indexed.stderr
+    assert "added 1000, duplicates 0, skipped 0" in indexed.stdout
+    port = free_port()
+    process = subprocess.Popen(cbir("serve", "--port", str(port)), env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.3)
+        else:
+            pytest.fail("the server did not become healthy in 120 s")
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+def test_search_over_http_finds_the_same_class(server: str, corel_module: Path) -> None:
+    """Two queries per class: the image itself comes first and at least 8 of the top 10 share its class."""
+    stats = httpx.get(f"{server}/stats").json()
+    assert stats["count"] == 1000
+    assert stats["encoder"].startswith("tf_efficientnet_lite0@imagenet-")
+    assert stats["dimension"] == 1280
+    for folder in sorted(p for p in corel_module.iterdir() if p.is_dir()):
+        for photo in sorted(folder.iterdir())[:2]:
+            response = httpx.post(
+                f"{server}/search", files={"file": (photo.name, photo.read_bytes())}, timeout=60
+            )
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert results[0]["original_name"] == photo.name
+            assert results[0]["score"] > 0.999
+            same_class = sum(
+                hit["original_name"].split("_")[:-1] == photo.name.split("_")[:-1] for hit in results
+            )
+            assert same_class >= 8, (photo.name, [hit["original_name"] for hit in results])
+
+
+def test_upload_and_file_round_trip_over_http(server: str, corel_module: Path) -> None:
+    photo = sorted((corel_module / "horses").iterdir())[-1]
+    known = httpx.post(f"{server}/images", files={"file": (photo.name, photo.read_bytes())}, timeout=60)
+    assert known.status_code == 200
+    assert known.json()["duplicate"] is True
+    # Bytes after the JPEG's end marker: the same picture, new content, so a new image.
+    data = photo.read_bytes() + b"new-content"
+    created = httpx.post(
+        f"{server}/images", files={"file": ("new.jpg", data)}, data={"metadata": '{"k": 1}'}, timeout=60
+    )
+    assert created.status_code == 201, created.text
+    image = created.json()["image"]
+    assert httpx.get(f"{server}{image['url']}").content == data
+    found = httpx.post(f"{server}/search", files={"file": ("q.jpg", data)}, data={"k": "2"}, timeout=60)
+    assert {hit["id"] for hit in found.json()["results"]} == {image["id"], known.json()["id"]}
+    assert httpx.delete(f"{server}/images/{image['id']}").status_code == 200
+    assert httpx.get(f"{server}/images/{image['id']}").status_code == 404
+
+
+def test_killed_bulk_job_resumes_to_exactly_every_image(subset: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {**env_for(data_dir), "CBIR_BATCH_SIZE": "8", "CBIR_COMMIT_EVERY": "16"}
+    process = subprocess.Popen(
+        cbir("index", str(subset)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    database = data_dir / "cbir.db"
+    deadline = time.monotonic() + 300
+    count = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if database.exists():
+            try:
+                with sqlite3.connect(database, timeout=1) as connection:
+                    count = connection.execute("SELECT count(*) FROM images").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= 40:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the job finished before it could be killed; raise PER_CLASS"
+    process.kill()
+    process.wait()
+    assert 0 < count < 10 * PER_CLASS
+
+    rerun = subprocess.run(cbir("index", str(subset)), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    with sqlite3.connect(database) as connection:
+        ids = sorted(row[0] for row in connection.execute("SELECT id FROM images"))
+        hashes = connection.execute("SELECT count(DISTINCT sha256) FROM images").fetchone()[0]
+        fingerprint = connection.execute("SELECT DISTINCT encoder FROM images").fetchone()[0]
+    assert len(ids) == 10 * PER_CLASS
+    assert hashes == len(ids)
+    index = VectorIndex.load(data_dir / "index.faiss", dim=1280, fingerprint=fingerprint)
+    assert index.ids().tolist() == ids
