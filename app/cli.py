@@ -63,9 +63,12 @@ Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or
 Workers = Annotated[int | None, typer.Option("--workers", help="Threads decoding images [2].")]
 
 
-def make_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with the flags the user gave taking precedence."""
-    given = {key: value for key, value in overrides.items() if value is not None}
+def make_settings(flags: dict[str, Any]) -> Settings:
+    """Settings from the environment, with the flags the user gave taking precedence.
+
+    Commands pass their ``locals()``: every parameter named like a setting and given a value overrides it.
+    """
+    given = {key: value for key, value in flags.items() if key in Settings.model_fields and value is not None}
     return Settings(**given)
 
 
@@ -134,17 +137,7 @@ def serve(
     from app.main import create_app
 
     with friendly_errors():
-        settings = make_settings(
-            host=host,
-            port=port,
-            data_dir=data_dir,
-            database_url=database_url,
-            backbone=backbone,
-            head=head,
-            weights=weights,
-            max_side=max_side,
-            device=device,
-        )
+        settings = make_settings(locals())
         logging.basicConfig(
             level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
@@ -172,18 +165,7 @@ def index_cmd(
 ) -> None:
     """Add every image under DIRECTORY to the collection; skips (and counts) duplicates and non-images."""
     with friendly_errors():
-        settings = make_settings(
-            data_dir=data_dir,
-            database_url=database_url,
-            backbone=backbone,
-            head=head,
-            weights=weights,
-            max_side=max_side,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            commit_every=commit_every,
-        )
+        settings = make_settings(locals())
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is not a directory")
         collection = open_collection(settings)
@@ -217,15 +199,7 @@ def search(
 ) -> None:
     """Find the K images of the collection most similar to IMAGE."""
     with friendly_errors():
-        settings = make_settings(
-            data_dir=data_dir,
-            database_url=database_url,
-            backbone=backbone,
-            head=head,
-            weights=weights,
-            max_side=max_side,
-            device=device,
-        )
+        settings = make_settings(locals())
         collection = open_collection(settings)
         hits = collection.search_image(image.read_bytes(), k)
         collection.close()
@@ -261,15 +235,7 @@ def stats(
 ) -> None:
     """Size, dimension, encoder and index type of the collection."""
     with friendly_errors():
-        settings = make_settings(
-            data_dir=data_dir,
-            database_url=database_url,
-            backbone=backbone,
-            head=head,
-            weights=weights,
-            max_side=max_side,
-            device=device,
-        )
+        settings = make_settings(locals())
         collection = open_collection(settings)
         figures = collection.stats()
         collection.close()
@@ -293,15 +259,7 @@ def evaluate(
     """Retrieval quality of the configured encoder: every image queries all the others (same class =
     relevant). Prints mAP and P@1/5/10, then a last line of JSON with the figures."""
     with friendly_errors():
-        settings = make_settings(
-            backbone=backbone,
-            head=head,
-            weights=weights,
-            max_side=max_side,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-        )
+        settings = make_settings(locals())
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is not a directory")
         from app.main import encoder_from_settings
@@ -340,16 +298,7 @@ def reindex(
 ) -> None:
     """Re-embed the stored images with the configured encoder and rebuild the index (resumable)."""
     with friendly_errors():
-        settings = make_settings(
-            data_dir=data_dir,
-            database_url=database_url,
-            backbone=backbone,
-            head=head,
-            weights=weights,
-            max_side=max_side,
-            batch_size=batch_size,
-            device=device,
-        )
+        settings = make_settings(locals())
         collection = open_collection(settings, reindexing=True)
         with progress_bar("re-embedding", collection.count()) as update:
             report = bulk.reembed(collection, on_progress=update)
@@ -371,7 +320,7 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     from app.db.session import make_engine
 
     with friendly_errors():
-        settings = make_settings(data_dir=data_dir, database_url=database_url)
+        settings = make_settings(locals())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.db_url)
         todo = migrate.pending(engine)

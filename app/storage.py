@@ -11,14 +11,18 @@ import os
 import tempfile
 from pathlib import Path
 
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif"}
+EXTENSIONS |= {"BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # phones' multi-picture JPEG: any JPEG reader shows its first picture
     "PNG": "image/png",
     "GIF": "image/gif",
     "WEBP": "image/webp",
+    "AVIF": "image/avif",
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
+    "PPM": "image/x-portable-pixmap",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Final
@@ -96,7 +97,12 @@ def decode_image(data: bytes, *, max_side: int | None = None, max_pixels: int = 
         try:
             return _decode(data, max_side, max_pixels)
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"image is far too large to decode: {exc}") from exc
+            # PIL refuses before it exposes the size; its message carries the pixel count.
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(found.group(1))} pixels" if found else "far too many pixels"
+            raise ImageTooLargeError(
+                f"image has {pixels}, above the limit of {max_pixels}: resize it before uploading"
+            ) from exc
 
 
 def _decode(data: bytes, max_side: int | None, max_pixels: int) -> DecodedImage:

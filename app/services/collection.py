@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -73,6 +73,7 @@ class Collection:
         # inference is serialised too, so concurrent requests queue instead of oversubscribing the cores.
         self._write_lock = threading.Lock()
         self._infer_lock = threading.Lock()
+        self._seen_id = 0  # highest row id already in the index (see catch_up)
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
@@ -114,17 +115,18 @@ class Collection:
         self.engine.dispose()
 
     def reconcile(self) -> tuple[int, int]:
-        """Make the index hold exactly the database's ids; returns (replayed, dropped)."""
+        """Make the index hold exactly the database's ids of this encoder; returns (replayed, dropped)."""
+        current = Image.encoder == self.encoder.fingerprint
         with self._write_lock, self.sessions() as session:
-            db_ids = np.fromiter(session.scalars(select(Image.id)), dtype=np.int64)
+            db_ids = np.fromiter(session.scalars(select(Image.id).where(current)), dtype=np.int64)
             index_ids = self.index.ids()
             missing = np.setdiff1d(db_ids, index_ids)
             stray = np.setdiff1d(index_ids, db_ids)
             for start in range(0, len(missing), 4096):
                 chunk = [int(i) for i in missing[start : start + 4096]]
                 rows = session.execute(select(Image.id, Image.vector).where(Image.id.in_(chunk))).all()
-                ids = np.array([r.id for r in rows], dtype=np.int64)
-                self.index.add(ids, _vectors_from_rows([r.vector for r in rows], self.encoder.dim))
+                self._add_rows(rows)
+            self._seen_id = int(db_ids.max()) if len(db_ids) else 0
         if len(stray):
             self.index.remove(stray)
         if len(missing) or len(stray):
@@ -135,6 +137,28 @@ class Collection:
             )
             self.save_index()
         return len(missing), len(stray)
+
+    def catch_up(self) -> int:
+        """Add rows that another process (`cbir index` beside a running service) committed since last time.
+
+        A primary-key range query, cheap enough to run before every search.
+        """
+        with self._write_lock, self.sessions() as session:
+            rows = session.execute(
+                select(Image.id, Image.vector)
+                .where(Image.id > self._seen_id, Image.encoder == self.encoder.fingerprint)
+                .order_by(Image.id)
+            ).all()
+            if not rows:
+                return 0
+            self._seen_id = int(rows[-1].id)
+            return self._add_rows([row for row in rows if row.id not in self.index])
+
+    def _add_rows(self, rows: Sequence[Row[int, bytes]]) -> int:
+        if rows:
+            ids = np.array([row.id for row in rows], dtype=np.int64)
+            self.index.add(ids, _vectors_from_rows([row.vector for row in rows], self.encoder.dim))
+        return len(rows)
 
     # -- embedding ---------------------------------------------------------------------------------------
     def embed_images(self, images: Sequence[PILImage]) -> np.ndarray:
@@ -250,6 +274,7 @@ class Collection:
         )
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        self.catch_up()
         scores, ids = self.index.search(vectors, k)
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self.sessions() as session:
@@ -281,6 +306,7 @@ class Collection:
             last = rows[-1].id
 
     def stats(self) -> dict[str, Any]:
+        self.catch_up()
         return {
             "count": self.count(),
             "indexed": self.index.ntotal,

@@ -93,3 +93,16 @@ def test_duplicates_within_one_batch_are_stored_once(settings: Settings) -> None
     assert collection.count() == 1
     assert collection.index.ntotal == 1
     collection.close()
+
+
+def test_a_running_service_sees_images_another_process_indexed(settings: Settings) -> None:
+    service = open_collection(settings)
+    add(service, range(2))
+    bulk_job = open_collection(settings)  # e.g. `cbir index` while `cbir serve` runs
+    [new_id] = add(bulk_job, range(2, 3))
+    bulk_job.close()
+    assert new_id not in service.index
+    top = service.search_image(image_bytes(2), 1)[0]
+    assert top.image.id == new_id
+    assert service.stats()["indexed"] == 3
+    service.close()
