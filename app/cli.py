@@ -114,7 +114,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int, int], 
 
 
 def open_collection(settings: Settings, **kwargs: Any) -> Collection:
-    from app.main import encoder_from_settings
+    from app.encoders import encoder_from_settings
 
     return Collection.open(settings, encoder_from_settings(settings), **kwargs)
 
@@ -262,7 +262,7 @@ def evaluate(
         settings = make_settings(locals())
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is not a directory")
-        from app.main import encoder_from_settings
+        from app.encoders import encoder_from_settings
 
         encoder = encoder_from_settings(settings)
         total = sum(1 for _ in bulk.list_files(directory))

@@ -11,26 +11,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.config import Settings
+from app.encoders import encoder_from_settings
 from app.errors import install_error_handlers
 from app.routes import health, images, search
 from app.services.collection import Collection
-from models import Encoder, build_encoder
 
 log = logging.getLogger("cbir")
 
 # Multipart framing around the file: a request this much above the upload limit cannot hold a valid upload.
 MULTIPART_SLACK = 64 * 1024
-
-
-def encoder_from_settings(settings: Settings) -> Encoder:
-    return build_encoder(
-        settings.backbone,
-        settings.head,
-        weights=settings.weights,
-        max_side=settings.max_side,
-        device=settings.device,
-        batch_size=settings.batch_size,
-    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

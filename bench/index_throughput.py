@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.main import encoder_from_settings  # noqa: E402
+from app.encoders import encoder_from_settings  # noqa: E402
 from app.services.bulk import index_files  # noqa: E402
 from app.services.collection import Collection  # noqa: E402
 from app.services.decoding import list_files  # noqa: E402

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from app.config import Settings
+from app.encoders import encoder_from_settings
 from app.errors import CollectionMismatchError
-from app.main import encoder_from_settings
 from app.services.collection import Collection
 from index import VectorIndex
 from tests.app.conftest import image_bytes
