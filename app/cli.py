@@ -33,6 +33,7 @@ from app.errors import CbirError
 from app.services import bulk
 from app.services.collection import Collection
 from app.services.evaluation import evaluate_folder
+from app.services.keys import Role, create_key, list_keys, revoke_key
 from index import VectorIndexError
 from models import EncoderConfigError
 
@@ -327,6 +328,68 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
         migrate.upgrade(engine)
         engine.dispose()
         console.print(f"database at {settings.db_url}: applied {len(todo)} migration(s) {todo}; now at head")
+
+
+keys_app = typer.Typer(help="API keys: once one exists, writes need a write key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_sessions(data_dir: Path | None, database_url: str | None) -> Any:
+    from app.db import migrate
+    from app.db.session import make_engine, make_session_factory
+
+    settings = make_settings(locals())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    return make_session_factory(engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        Role, typer.Option(help="read: search and get; write: also add and delete; admin: everything.")
+    ],
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    with friendly_errors():
+        new = create_key(_key_sessions(data_dir, database_url), name or f"{role} key", role)
+        err_console.print(
+            f"created key {new.row.id} ({new.row.role}, {new.row.name!r}); store it now, not shown again:",
+        )
+        print(new.secret)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Keys with their role and state (never the secret)."""
+    with friendly_errors():
+        table = Table()
+        for column in ("id", "name", "role", "prefix", "created", "revoked"):
+            table.add_column(column)
+        for row in list_keys(_key_sessions(data_dir, database_url)):
+            revoked = f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
+            table.add_row(
+                str(row.id), row.name, row.role, row.prefix + "…", f"{row.created_at:%Y-%m-%d %H:%M}", revoked
+            )
+        console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id (see `cbir keys list`).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    with friendly_errors():
+        row = revoke_key(_key_sessions(data_dir, database_url), key_id)
+        if row is None:
+            raise ValueError(f"no key with id {key_id}; see `cbir keys list`")
+        console.print(f"key {row.id} ({row.name!r}) is revoked")
 
 
 def main() -> None:

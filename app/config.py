@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     workers: int = Field(default=2, ge=1, le=64, description="Bulk job: threads decoding images.")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
+    read_requires_key: bool = Field(
+        default=False, description="Once API keys exist, whether reads (search, get) need a read key too."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Origins allowed by CORS, e.g. ["https://shop.example"].'
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -7,6 +7,7 @@ written once and reads well in both places: it says what was wrong and what to d
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ log = logging.getLogger("cbir.errors")
 class CbirError(Exception):
     status_code = 400
     error = "bad_request"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -64,7 +66,7 @@ def _body(error: str, detail: object) -> dict[str, object]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CbirError)
     async def _cbir(_: Request, exc: CbirError) -> JSONResponse:
-        return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status_code)
+        return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

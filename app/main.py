@@ -7,14 +7,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from app.auth import authorize
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import install_error_handlers
 from app.routes import health, images, search
 from app.services.collection import Collection
+from app.services.keys import any_active
 
 log = logging.getLogger("cbir")
 
@@ -30,6 +33,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         encoder = encoder_from_settings(settings)
         collection = Collection.open(settings, encoder)
         app.state.collection = collection
+        if not any_active(collection.sessions):
+            log.warning(
+                "no API key exists: anyone who can reach this service may read and write the collection; "
+                "create one with `cbir keys create --role admin`"
+            )
         log.info(
             "ready: %d images, encoder %s (dim %d) on %s, data in %s",
             collection.index.ntotal,
@@ -50,10 +58,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Find visually similar images: upload a collection, search it by example.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
     )
     app.state.settings = settings
     app.state.collection = None
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     @app.middleware("http")
     async def reject_oversized(
