@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     workers: int = Field(default=2, ge=1, le=64, description="Bulk job: threads decoding images.")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
+    inference_workers: int = Field(default=1, ge=1, le=64, description="Inferences run at once by the API.")
+    max_queue: int = Field(
+        default=4, ge=0, description="Requests waiting for inference before new ones get 503 + Retry-After."
+    )
+    queue_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for inference before 503.")
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, how long requests in flight may take to finish."
+    )
     read_requires_key: bool = Field(
         default=False, description="Once API keys exist, whether reads (search, get) need a read key too."
     )

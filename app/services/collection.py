@@ -26,6 +26,7 @@ from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, NotFoundError
 from app.services.decoding import Prepared, decode_or_raise, sha256_of
+from app.services.gate import InferenceGate
 from app.storage import FileStore
 from index import IndexFileError, IndexMismatchError, VectorIndex
 from models import Encoder
@@ -72,7 +73,7 @@ class Collection:
         # One writer at a time keeps "commit rows, then add to the index" atomic as seen by other writers;
         # inference is serialised too, so concurrent requests queue instead of oversubscribing the cores.
         self._write_lock = threading.Lock()
-        self._infer_lock = threading.Lock()
+        self.gate = InferenceGate(settings.inference_workers, settings.max_queue, settings.queue_timeout_s)
         self._seen_id = 0  # highest row id already in the index (see catch_up)
 
     # -- opening -----------------------------------------------------------------------------------------
@@ -161,12 +162,13 @@ class Collection:
         return len(rows)
 
     # -- embedding ---------------------------------------------------------------------------------------
-    def embed_images(self, images: Sequence[PILImage]) -> np.ndarray:
-        with self._infer_lock:
+    def embed_images(self, images: Sequence[PILImage], *, bounded: bool = False) -> np.ndarray:
+        """Embed through the inference gate; requests pass ``bounded=True`` and may get ServiceBusyError."""
+        with self.gate.slot(bounded=bounded):
             return self.encoder.embed(images)
 
-    def embed_prepared(self, items: Sequence[Prepared]) -> np.ndarray:
-        return self.embed_images([item.decoded.image for item in items])
+    def embed_prepared(self, items: Sequence[Prepared], *, bounded: bool = False) -> np.ndarray:
+        return self.embed_images([item.decoded.image for item in items], bounded=bounded)
 
     def prepare_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> Prepared:
         decoded = decode_or_raise(data, max_side=self.encoder.max_side, max_pixels=self.settings.max_pixels)
@@ -174,7 +176,7 @@ class Collection:
 
     def embed_query(self, data: bytes) -> np.ndarray:
         decoded = decode_or_raise(data, max_side=self.encoder.max_side, max_pixels=self.settings.max_pixels)
-        return self.embed_images([decoded.image])[0]
+        return self.embed_images([decoded.image], bounded=True)[0]
 
     # -- writing -----------------------------------------------------------------------------------------
     def known_sha256(self) -> set[str]:
@@ -232,7 +234,7 @@ class Collection:
         if existing is not None:
             return Added(existing, duplicate=True)
         item = self.prepare_upload(data, name, meta)
-        [added] = self.ingest([item], self.embed_prepared([item]))
+        [added] = self.ingest([item], self.embed_prepared([item], bounded=True))
         if not added.duplicate:
             self.save_index()
         return added
