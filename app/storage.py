@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+# A file younger than this may belong to a row another process is about to commit.
+ORPHAN_MIN_AGE_S = 600.0
 
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif"}
 EXTENSIONS |= {"BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
@@ -59,3 +64,22 @@ class FileStore:
     def delete(self, sha256: str, fmt: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path_for(sha256, fmt).unlink()
+
+    def sweep(self, keep: Callable[[str], bool], min_age_s: float = ORPHAN_MIN_AGE_S) -> list[Path]:
+        """Remove files no row owns (a crash between file write and commit) and leftover temporary files.
+
+        Only files older than ``min_age_s`` go: a bulk job in another process writes its files moments
+        before it commits their rows, and those must not be taken for orphans.
+        """
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - min_age_s
+        removed: list[Path] = []
+        for path in self.root.rglob("*"):
+            if not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if path.name.startswith(".tmp-") or not keep(path.stem):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                removed.append(path)
+        return removed

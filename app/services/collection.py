@@ -27,7 +27,7 @@ from app.db.tables import Image
 from app.errors import CollectionMismatchError, NotFoundError
 from app.services.decoding import Prepared, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate
-from app.storage import FileStore
+from app.storage import ORPHAN_MIN_AGE_S, FileStore
 from index import IndexFileError, IndexMismatchError, VectorIndex
 from models import Encoder
 
@@ -110,6 +110,7 @@ class Collection:
             index = VectorIndex(encoder.dim, encoder.fingerprint)
         collection = cls(settings, encoder, engine, index)
         collection.reconcile()
+        collection.sweep_orphans()
         return collection
 
     def close(self) -> None:
@@ -160,6 +161,12 @@ class Collection:
             ids = np.array([row.id for row in rows], dtype=np.int64)
             self.index.add(ids, _vectors_from_rows([row.vector for row in rows], self.encoder.dim))
         return len(rows)
+
+    def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
+        removed = self.files.sweep(self.known_sha256().__contains__, min_age_s)
+        if removed:
+            log.warning("removed %d stored files that no database row owns: %s", len(removed), removed[:5])
+        return len(removed)
 
     # -- embedding ---------------------------------------------------------------------------------------
     def embed_images(self, images: Sequence[PILImage], *, bounded: bool = False) -> np.ndarray:
