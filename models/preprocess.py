@@ -114,6 +114,10 @@ def _decode(data: bytes, max_side: int | None, max_pixels: int) -> DecodedImage:
             f"image is {stored_w}x{stored_h} = {stored_w * stored_h} pixels, above the limit of "
             f"{max_pixels}: resize it before uploading"
         )
+    if fmt == "GIF" and not data.rstrip(b"\0").endswith(b";"):
+        # Only the first frame is decoded, so a cut in a later frame would pass unseen; every complete GIF
+        # ends with the trailer byte ';'.
+        raise ImageDecodeError("truncated GIF: the file ends before its trailer")
     orientation = _exif_orientation(image)
     width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
 
