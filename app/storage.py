@@ -15,6 +15,21 @@ from pathlib import Path
 
 # A file younger than this may belong to a row another process is about to commit.
 ORPHAN_MIN_AGE_S = 600.0
+# Temporary files carry their writer's pid, so those of a dead writer can go at once, whatever their age.
+TEMP_PREFIX = ".tmp-"
+
+
+def _writer_is_gone(name: str) -> bool:
+    pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+    if not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif"}
 EXTENSIONS |= {"BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
@@ -48,7 +63,7 @@ class FileStore:
         if target.exists() and target.stat().st_size == len(data):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -76,9 +91,13 @@ class FileStore:
         cutoff = time.time() - min_age_s
         removed: list[Path] = []
         for path in self.root.rglob("*"):
-            if not path.is_file() or path.stat().st_mtime > cutoff:
+            if not path.is_file():
                 continue
-            if path.name.startswith(".tmp-") or not keep(path.stem):
+            if path.name.startswith(TEMP_PREFIX):
+                stale = _writer_is_gone(path.name) or path.stat().st_mtime < cutoff
+            else:
+                stale = path.stat().st_mtime < cutoff and not keep(path.stem)
+            if stale:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 removed.append(path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -108,15 +111,27 @@ def test_a_running_service_sees_images_another_process_indexed(settings: Setting
     service.close()
 
 
+def _exited_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def test_orphan_files_are_swept_but_fresh_ones_kept(settings: Settings) -> None:
     collection = open_collection(settings)
     [kept_id] = add(collection, range(1))
     orphan = collection.files.write("ab" * 32, "JPEG", image_bytes(7))  # written, never committed
-    temp = orphan.parent / ".tmp-leftover"
-    temp.write_bytes(b"partial")
-    assert collection.sweep_orphans() == 0  # too young: may belong to a commit in flight
+    dead_temp = orphan.parent / f".tmp-{_exited_pid()}-x"
+    live_temp = orphan.parent / f".tmp-{os.getpid()}-y"
+    dead_temp.write_bytes(b"partial")
+    live_temp.write_bytes(b"being written")
+    # Young orphans may belong to a commit in flight; a dead writer's temporary file goes at once.
+    assert collection.sweep_orphans() == 1
+    assert not dead_temp.exists()
+    assert orphan.exists()
+    assert live_temp.exists()
     assert collection.sweep_orphans(min_age_s=0) == 2
     assert not orphan.exists()
-    assert not temp.exists()
+    assert not live_temp.exists()
     assert collection.file_path(collection.get(kept_id)).exists()
     collection.close()
