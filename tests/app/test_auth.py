@@ -93,7 +93,7 @@ def test_revoked_key_is_refused(client: TestClient, keys: dict[Role, str]) -> No
 
 @pytest.fixture
 def cli_env(settings: Settings) -> Iterator[dict[str, str]]:
-    yield {"CBIR_DATA_DIR": str(settings.data_dir)}
+    yield {"CBIR_DATA_DIR": str(settings.data_dir), "CBIR_DATABASE_URL": settings.db_url}
 
 
 def test_keys_cli_shows_a_secret_once(cli_env: dict[str, str], tmp_path: Path) -> None:

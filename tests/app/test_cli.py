@@ -19,6 +19,7 @@ runner = CliRunner()
 def env(settings: Settings) -> dict[str, str]:
     return {
         "CBIR_DATA_DIR": str(settings.data_dir),
+        "CBIR_DATABASE_URL": settings.db_url,
         "CBIR_BACKBONE": "tiny_random",
         "CBIR_MAX_SIDE": "64",
         "CBIR_BATCH_SIZE": "4",

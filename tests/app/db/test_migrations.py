@@ -13,12 +13,12 @@ from app.db.session import make_engine
 from app.db.tables import Base
 
 
-def test_upgrade_empty_database_to_head_matches_models(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'cbir.db'}")
+def test_upgrade_empty_database_to_head_matches_models(tmp_path: Path, database_url: str | None) -> None:
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'cbir.db'}")
     assert migrate.pending(engine)  # a new database needs every revision
     migrate.upgrade(engine)
     assert migrate.pending(engine) == []
-    assert "images" in inspect(engine).get_table_names()
+    assert {"images", "api_keys"} <= set(inspect(engine).get_table_names())
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
