@@ -156,9 +156,8 @@ def main() -> None:
     print(
         f"loaded upload    : p50 {percentile(ok_upload, 50):7.1f} ms  p99 {percentile(ok_upload, 99):7.1f} ms"
     )
-    print(
-        f"throughput       : {len(results) / elapsed:7.1f} requests/s, answered {len(ok_search) + len(ok_upload)}"
-    )
+    answered = len(ok_search) + len(ok_upload)
+    print(f"throughput       : {len(results) / elapsed:7.1f} requests/s, answered {answered}")
     print(f"statuses         : {dict(sorted(statuses.items()))}")
     print(f"p99 / unloaded p50: {p99 / unloaded_p50:.2f}")
     print(
@@ -167,7 +166,7 @@ def main() -> None:
                 "clients": args.clients,
                 "seconds": args.seconds,
                 "rps": round(len(results) / elapsed, 1),
-                "answered_rps": round((len(ok_search) + len(ok_upload)) / elapsed, 1),
+                "answered_rps": round(answered / elapsed, 1),
                 "p50_ms": round(p50, 1),
                 "p99_ms": round(p99, 1),
                 "unloaded_p50_ms": round(unloaded_p50, 1),
