@@ -7,9 +7,9 @@ as flags too. Errors print one line that says what is wrong and what to do, and 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,14 +34,19 @@ from app.services import bulk
 from app.services.collection import Collection
 from app.services.evaluation import evaluate_folder
 from app.services.keys import Role, create_key, list_keys, revoke_key
+from app.services.queries import parse_box
+from app.services.reranking import options_from_settings
 from index import VectorIndexError
 from models import EncoderConfigError
+from models.training import EpochReport
 
 app = typer.Typer(
     help="Content-based image retrieval: index a collection and find similar images.", no_args_is_help=True
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+train_app = typer.Typer(help="Train a model on your own pictures.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -54,6 +59,10 @@ DatabaseUrl = Annotated[
 Backbone = Annotated[
     str | None, typer.Option("--backbone", help="Backbone [env CBIR_BACKBONE; tf_efficientnet_lite0].")
 ]
+EncoderSpec = Annotated[
+    str | None,
+    typer.Option("--encoder", help="dae:PATH for a trained autoencoder [env CBIR_ENCODER; the backbone]."),
+]
 Head = Annotated[str | None, typer.Option("--head", help="Pooling head: gap, gem, mac [env CBIR_HEAD; gap].")]
 Weights = Annotated[Path | None, typer.Option("--weights", help="Backbone weights file [env CBIR_WEIGHTS].")]
 MaxSide = Annotated[int | None, typer.Option("--max-side", help="Resize images to this long side [320].")]
@@ -62,6 +71,20 @@ BatchSize = Annotated[
 ]
 Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [auto].")]
 Workers = Annotated[int | None, typer.Option("--workers", help="Threads decoding images [2].")]
+Fitted = Annotated[
+    Path | None, typer.Option("--fitted", help="Parameters from `cbir fit` [env CBIR_FITTED; none].")
+]
+Scales = Annotated[
+    str | None, typer.Option("--scales", help="Multi-scale factors, e.g. 1,0.7071,0.5 [env CBIR_SCALES; 1].")
+]
+QueryExpansion = Annotated[
+    int | None,
+    typer.Option("--qe", help="Query expansion: neighbours averaged into the query, 0 = off [10].", min=0),
+]
+DatabaseAugmentation = Annotated[
+    int | None,
+    typer.Option("--dba", help="Database augmentation: neighbours averaged per hit, 0 = off [10].", min=0),
+]
 
 
 def make_settings(flags: dict[str, Any]) -> Settings:
@@ -126,27 +149,31 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [8000].")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    encoder: EncoderSpec = None,
     backbone: Backbone = None,
     head: Head = None,
     weights: Weights = None,
     max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
     device: Device = None,
 ) -> None:
     """Start the REST API (applies pending database migrations first). OpenAPI docs at /docs."""
     import uvicorn
 
     from app.main import create_app
+    from app.observability import configure_logging
 
     with friendly_errors():
         settings = make_settings(locals())
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers go through configure_logging's JSON handler
+            access_log=False,  # the app logs each request itself, with its request id, route and duration
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         )
 
@@ -159,10 +186,13 @@ def index_cmd(
     ] = True,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    encoder: EncoderSpec = None,
     backbone: Backbone = None,
     head: Head = None,
     weights: Weights = None,
     max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
     batch_size: BatchSize = None,
     device: Device = None,
     workers: Workers = None,
@@ -194,19 +224,27 @@ def search(
     image: Annotated[Path, typer.Argument(help="The query image.", exists=True, dir_okay=False)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=100, help="How many results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    box: Annotated[
+        str | None, typer.Option("--box", help="Search for a region only: x0,y0,x1,y1 in IMAGE's pixels.")
+    ] = None,
+    query_expansion: QueryExpansion = None,
+    database_augmentation: DatabaseAugmentation = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    encoder: EncoderSpec = None,
     backbone: Backbone = None,
     head: Head = None,
     weights: Weights = None,
     max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
     device: Device = None,
 ) -> None:
     """Find the K images of the collection most similar to IMAGE."""
     with friendly_errors():
         settings = make_settings(locals())
         collection = open_collection(settings)
-        hits = collection.search_image(image.read_bytes(), k)
+        hits = collection.search_image(image.read_bytes(), k, box=parse_box(box) if box is not None else None)
         collection.close()
         if as_json:
             rows = [
@@ -232,10 +270,13 @@ def search(
 def stats(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    encoder: EncoderSpec = None,
     backbone: Backbone = None,
     head: Head = None,
     weights: Weights = None,
     max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
     device: Device = None,
 ) -> None:
     """Size, dimension, encoder and index type of the collection."""
@@ -253,33 +294,40 @@ def stats(
 @app.command()
 def evaluate(
     directory: Annotated[Path, typer.Argument(help="A folder with one sub-folder of images per class.")],
+    encoder: EncoderSpec = None,
     backbone: Backbone = None,
     head: Head = None,
     weights: Weights = None,
     max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
+    query_expansion: QueryExpansion = None,
+    database_augmentation: DatabaseAugmentation = None,
     batch_size: BatchSize = None,
     device: Device = None,
     workers: Workers = None,
 ) -> None:
-    """Retrieval quality of the configured encoder: every image queries all the others (same class =
-    relevant). Prints mAP and P@1/5/10, then a last line of JSON with the figures."""
+    """Retrieval quality of the configured encoder and re-ranking, exactly as the service answers: every
+    image queries all the others (same class = relevant). Prints mAP and P@1/5/10, then a JSON line."""
     with friendly_errors():
         settings = make_settings(locals())
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is not a directory")
         from app.encoders import encoder_from_settings
 
-        encoder = encoder_from_settings(settings)
+        model = encoder_from_settings(settings)
         total = sum(1 for _ in bulk.list_files(directory))
         with progress_bar("embedding", total) as update:
             report = evaluate_folder(
-                encoder,
+                model,
                 directory,
                 workers=settings.workers,
                 max_pixels=settings.max_pixels,
                 on_progress=update,
+                rerank=options_from_settings(settings),
             )
-        figures = {"encoder": encoder.fingerprint, **report.as_dict()}
+        figures: dict[str, Any] = {"encoder": model.fingerprint, **report.as_dict()}
+        figures["rerank"] = asdict(options_from_settings(settings))
         table = Table(title=f"{directory} — {report.images} images, {report.classes} classes")
         for key in ("mAP", "P@1", "P@5", "P@10", "img_s"):
             table.add_column(key, justify="right")
@@ -291,31 +339,207 @@ def evaluate(
 
 
 @app.command()
-def reindex(
+def fit(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Images to learn from [the collection's stored images].")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="File to write [DATA_DIR/fitted-HEAD.safetensors].")
+    ] = None,
+    clusters: Annotated[int | None, typer.Option("--clusters", min=1, help="NetVLAD clusters [8].")] = None,
+    dim: Annotated[
+        int | None, typer.Option("--dim", min=1, help="Also learn a projection to DIM dimensions.")
+    ] = None,
+    whiten: Annotated[
+        bool, typer.Option("--whiten/--pca", help="Whitened projection, or plain PCA [whiten].")
+    ] = True,
+    assignment_ratio: Annotated[
+        float,
+        typer.Option(
+            "--assignment-ratio", min=1.0, help="NetVLAD softness: nearest / second centroid weight [1.5]."
+        ),
+    ] = 1.5,
+    max_images: Annotated[int, typer.Option("--max-images", min=2, help="Images sampled [1000].")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling and k-means seed [0].")] = 0,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     backbone: Backbone = None,
     head: Head = None,
     weights: Weights = None,
     max_side: MaxSide = None,
+    scales: Scales = None,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    workers: Workers = None,
+) -> None:
+    """Learn the encoder's parameters from images, without labels: NetVLAD centroids (k-means) and/or a
+    PCA-whitening projection. Writes a file to give as --fitted / CBIR_FITTED."""
+    from app.services.fit import FitOptions, fit_encoder, stored_image_paths
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        if directory is not None:
+            if not directory.is_dir():
+                raise NotADirectoryError(f"{directory} is not a directory")
+            paths, source = bulk.list_files(directory), str(directory)
+        else:
+            paths, source = stored_image_paths(settings), f"collection at {settings.db_url}"
+            if not paths:
+                raise ValueError(f"the {source} holds no image: give a folder to fit on")
+        target = out or settings.data_dir / f"fitted-{settings.head}.safetensors"
+        options = FitOptions(
+            clusters=clusters,
+            projection_dim=dim,
+            eigen_power=-0.5 if whiten else 0.0,
+            assignment_ratio=assignment_ratio,
+            max_images=max_images,
+            seed=seed,
+        )
+        with progress_bar("reading", min(len(paths), max_images)) as update:
+            report = fit_encoder(settings, paths, target, options, source=source, on_progress=update)
+        parts = [f"fitted on {report.images} images of {source}"]
+        if report.clusters is not None:
+            parts.append(
+                f"{report.clusters} clusters from {report.descriptors} descriptors, alpha {report.alpha:.1f}"
+            )
+        if report.projection is not None:
+            parts.append(f"projection {report.projection}")
+        console.print("; ".join(parts) + f" in {report.seconds:.0f} s")
+        if report.skipped:
+            console.print(f"skipped {len(report.skipped)} unreadable files")
+        console.print(
+            f"wrote {target} (id {report.file_id}): use it with --fitted {target} or CBIR_FITTED={target}; "
+            "a collection built by another encoder then needs `cbir reindex`"
+        )
+
+
+@app.command()
+def duplicates(
+    duplicate_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", min=0.0, max=1.0, help="Cosine similarity from which images count [0.9, measured]."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a list.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    encoder: EncoderSpec = None,
+    backbone: Backbone = None,
+    head: Head = None,
+    weights: Weights = None,
+    max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
+    device: Device = None,
+) -> None:
+    """Group the collection's near-duplicates: the same photo re-saved, resized, cropped a little, edited."""
+    from app.services.duplicates import duplicate_groups
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        collection = open_collection(settings)
+        groups = duplicate_groups(collection, settings.duplicate_threshold)
+        collection.close()
+        if as_json:
+            rows = [[{"id": row.id, "name": row.original_name} for row in group] for group in groups]
+            console.print_json(json.dumps({"threshold": settings.duplicate_threshold, "groups": rows}))
+            return
+        total = sum(len(group) for group in groups)
+        console.print(
+            f"{len(groups)} groups of near-duplicates ({total} images) at similarity "
+            f">= {settings.duplicate_threshold:g}"
+        )
+        for number, group in enumerate(groups, 1):
+            names = ", ".join(f"{row.id} {row.original_name}" for row in group)
+            console.print(f"  {number}: {names}", highlight=False)
+
+
+@app.command()
+def reindex(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    encoder: EncoderSpec = None,
+    backbone: Backbone = None,
+    head: Head = None,
+    weights: Weights = None,
+    max_side: MaxSide = None,
+    scales: Scales = None,
+    fitted: Fitted = None,
     batch_size: BatchSize = None,
     device: Device = None,
 ) -> None:
-    """Re-embed the stored images with the configured encoder and rebuild the index (resumable)."""
+    """Switch the collection to the configured encoder: re-embed the stored images beside the current index,
+    then swap in one transaction; a running service keeps answering and follows. Resumable."""
+    from app.services.reindex import reindex_collection, stored_count
+
     with friendly_errors():
         settings = make_settings(locals())
-        collection = open_collection(settings, reindexing=True)
-        with progress_bar("re-embedding", collection.count()) as update:
-            report = bulk.reembed(collection, on_progress=update)
-        collection.reconcile()
-        collection.save_index()
-        collection.close()
+        with progress_bar("re-embedding", stored_count(settings)) as update:
+            report = reindex_collection(settings, on_progress=update)
+        reused = f" ({report.reused} staged by an earlier run)" if report.reused else ""
         console.print(
-            f"re-embedded {report.added} images with {collection.encoder.fingerprint}; "
-            f"{len(report.skipped)} could not be read; index holds {collection.index.ntotal}"
+            f"re-embedded {report.embedded} images{reused} with {report.fingerprint}; "
+            f"switched from {report.previous or 'no recorded encoder'}; index holds {report.indexed}"
         )
-        for skipped in report.skipped[:20]:
-            console.print(f"  {skipped.path}: {skipped.reason}", highlight=False)
+
+
+@contextmanager
+def file_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar whose total arrives with the updates: a backup knows its files only after its snapshot."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def backup(
+    destination: Annotated[Path, typer.Argument(help="A new (or empty) folder to write the backup to.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Copy the collection (database, index, image files) to DESTINATION; safe while the service or a bulk
+    index runs: the copy is the collection as of one moment. Loads no model."""
+    from app.services.backup import backup as run_backup
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        with file_progress("backing up") as update:
+            report = run_backup(settings, destination, on_progress=update)
+        console.print(
+            f"backed up {report.images} images ({report.files} files, {report.bytes / 1e6:,.1f} MB) to "
+            f"{report.destination} in {report.seconds:.1f} s; index {report.index}",
+            highlight=False,
+        )
+        if report.deleted_during_backup:
+            console.print(f"{report.deleted_during_backup} images deleted while it ran are not in the backup")
+        for image_id, why in list(report.missing.items())[:20]:
+            console.print(f"  warning: image {image_id}: {why} (kept in the database)", highlight=False)
+
+
+@app.command()
+def restore(
+    source: Annotated[Path, typer.Argument(help="A folder written by `cbir backup`.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Restore the backup in SOURCE into a new (or empty) data directory (--data-dir), checking every file
+    against its recorded hash; then `cbir serve --data-dir` the same folder."""
+    from app.services.backup import restore as run_restore
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        with file_progress("restoring") as update:
+            report = run_restore(source, settings, on_progress=update)
+        console.print(
+            f"restored {report.images} images ({report.files} files, {report.bytes / 1e6:,.1f} MB) from the "
+            f"backup of {report.created_at} into {report.data_dir} in {report.seconds:.1f} s",
+            highlight=False,
+        )
 
 
 @db_app.command("upgrade")
@@ -394,6 +618,142 @@ def keys_revoke(
         if row is None:
             raise ValueError(f"no key with id {key_id}; see `cbir keys list`")
         console.print(f"key {row.id} ({row.name!r}) is revoked")
+
+
+@train_app.command("autoencoder")
+def train_autoencoder_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder of pictures, walked recursively; no labels used.")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Checkpoint file to write (and resume).")] = Path(
+        "autoencoder.pt"
+    ),
+    size: Annotated[int, typer.Option(help="Input side: 28 for digits, 64 to 128 for photos.")] = 28,
+    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (colour).")] = 1,
+    code_size: Annotated[int, typer.Option(help="Length of the code: the descriptor's dimension.")] = 32,
+    width: Annotated[int, typer.Option(help="Channels of the first block, doubled at each halving.")] = 16,
+    epochs: Annotated[int, typer.Option(help="At most this many passes over the pictures.")] = 30,
+    train_batch: Annotated[int, typer.Option("--train-batch", help="Pictures per training step.")] = 128,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle).")] = 3e-3,
+    noise: Annotated[str, typer.Option(help="gaussian, masking, salt_pepper or none.")] = "gaussian",
+    strength: Annotated[float, typer.Option(help="Gaussian: std in 0..1; others: fraction of pixels.")] = 0.3,
+    jitter: Annotated[
+        float, typer.Option(help="Random shift/rotation/scale of the input: 0 none, 1 default.")
+    ] = 1.0,
+    validation: Annotated[
+        float, typer.Option(help="Fraction held out to pick the best epoch and stop.")
+    ] = 0.1,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without a better validation.")
+    ] = 5,
+    seed: Annotated[int, typer.Option(help="Same seed, same pictures, same device: same model.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+    device: Device = None,
+    workers: Workers = None,
+) -> None:
+    """Train a denoising autoencoder on the pictures under DIRECTORY; serve it with --encoder dae:OUT."""
+    from app.services.training import load_pictures, train_from_folder
+    from models.autoencoder import AutoencoderConfig
+    from models.training import NoiseConfig, TrainConfig
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        model_config = AutoencoderConfig(input_size=size, channels=channels, code_size=code_size, width=width)
+        train_config = TrainConfig(
+            epochs=epochs,
+            batch_size=train_batch,
+            learning_rate=learning_rate,
+            validation=validation,
+            patience=patience,
+            seed=seed,
+            noise=NoiseConfig(kind=noise, strength=strength, jitter=jitter),
+        )
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is not a directory")
+        if out.exists() and not resume:
+            raise ValueError(
+                f"{out} already exists: pass --resume to continue its training, or choose another -o"
+            )
+        if resume and not out.exists():
+            raise FileNotFoundError(
+                f"--resume given but {out} does not exist: drop --resume to start a new run"
+            )
+        with progress_bar("reading", len(bulk.list_files(directory))) as update:
+            pictures = load_pictures(
+                directory,
+                model_config,
+                workers=settings.workers,
+                max_pixels=settings.max_pixels,
+                on_progress=update,
+            )
+        console.print(
+            f"training on {len(pictures.images)} pictures ({pictures.duplicates} duplicates, "
+            f"{len(pictures.skipped)} unreadable skipped) at {size}x{size}x{channels}"
+        )
+        columns = (
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.5f}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=err_console) as progress:
+            task = progress.add_task("training", total=None, epoch="", loss=0.0)
+
+            def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+                progress.update(task, completed=step, total=steps, epoch=f"{epoch}/{epochs}", loss=loss)
+
+            def on_epoch(report: EpochReport) -> None:
+                val = f"{report.val_loss:.5f}" if report.val_loss is not None else "-"
+                progress.console.print(
+                    f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.5f}, validation {val}"
+                    f"{' (best)' if report.improved else ''}, {report.seconds:.1f} s"
+                )
+
+            result = train_from_folder(
+                pictures,
+                model_config,
+                train_config,
+                out,
+                device=settings.device,
+                resume=resume,
+                on_step=on_step,
+                on_epoch=on_epoch,
+            )
+        best = f"{result.best_val_loss:.5f}" if result.best_val_loss is not None else "-"
+        console.print(
+            f"saved {out} ({result.stop_reason} after {result.epochs_run} epochs, {result.seconds:.0f} s; "
+            f"best epoch {result.best_epoch}, validation loss {best})\n"
+            f"fingerprint {result.fingerprint}\n"
+            f"use it with --encoder dae:{out} or CBIR_ENCODER=dae:{out}",
+            highlight=False,
+        )
+
+
+@app.command()
+def denoise(
+    image: Annotated[Path, typer.Argument(help="The picture to rebuild.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the reconstruction (PNG).")],
+    noise: Annotated[
+        str, typer.Option(help="Noise added first: none, gaussian, masking, salt_pepper.")
+    ] = "none",
+    strength: Annotated[float, typer.Option(help="Gaussian: std in 0..1; others: fraction of pixels.")] = 0.3,
+    encoder: EncoderSpec = None,
+    device: Device = None,
+) -> None:
+    """Write what the configured autoencoder rebuilds from IMAGE: a look at what the model learned."""
+    from app.encoders import encoder_from_settings
+    from app.services.denoising import denoise as rebuild
+    from app.services.denoising import noise_config, require_autoencoder
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        model = require_autoencoder(encoder_from_settings(settings))
+        png = rebuild(
+            model, image.read_bytes(), max_pixels=settings.max_pixels, noise=noise_config(noise, strength)
+        )
+        out.write_bytes(png)
+        console.print(f"wrote {out} ({model.config.input_size} px, {model.fingerprint})", highlight=False)
 
 
 def main() -> None:

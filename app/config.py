@@ -23,12 +23,40 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file cbir.db in the data directory."
     )
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
+    encoder: str | None = Field(
+        default=None,
+        description="dae:PATH serves a trained autoencoder checkpoint (`cbir train autoencoder`); unset: the "
+        "backbone and head settings.",
+    )
     backbone: str = DEFAULT_BACKBONE
     head: str = "gap"
     weights: Path | None = Field(
         default=None, description="Backbone weights file (.pth) for a non-default backbone."
     )
     max_side: int = Field(default=320, ge=32, le=2048)
+    scales: str = Field(
+        default="1",
+        description="Multi-scale descriptors: comma-separated factors of max_side, e.g. 1,0.7071,0.5.",
+    )
+    fitted: Path | None = Field(
+        default=None,
+        description="Parameters fitted by `cbir fit` (NetVLAD centroids, whitening); part of the encoder.",
+    )
+    query_expansion: int = Field(
+        default=0, ge=0, le=100, description="Query expansion: neighbours averaged into the query; 0: off."
+    )
+    database_augmentation: int = Field(
+        default=0, ge=0, le=100, description="Database augmentation: neighbours averaged per hit; 0: off."
+    )
+    rerank_alpha: float = Field(default=3.0, ge=0, le=20, description="Re-ranking weight: similarity**alpha.")
+    rerank_shortlist: int = Field(
+        default=200, ge=1, le=10_000, description="How many first-pass results the re-ranking re-orders."
+    )
+    # bench/duplicates.py, default encoder, Corel-1K: the lowest threshold with at most one false pair of
+    # distinct photos per 1,000 images (README, "Near-duplicates").
+    duplicate_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="Cosine similarity from which two images are near-duplicates."
+    )
     batch_size: int | None = Field(
         default=None,
         ge=1,
@@ -58,6 +86,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`cbir serve` logs: one JSON object per line (with request ids), or text."
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -47,6 +47,13 @@ class InvalidMetadataError(CbirError):
     error = "invalid_metadata"
 
 
+class InvalidRequestError(CbirError):
+    """A well-formed field that cannot be used, e.g. a search box outside the query image."""
+
+    status_code = 422
+    error = "invalid_request"
+
+
 class NotReadyError(CbirError):
     status_code = 503
     error = "not_ready"

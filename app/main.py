@@ -11,11 +11,12 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from app import observability
 from app.auth import authorize
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import install_error_handlers
-from app.routes import health, images, search
+from app.routes import denoise, duplicates, health, images, pages, search, thumbnails
 from app.services.collection import Collection
 from app.services.keys import any_active
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         encoder = encoder_from_settings(settings)
         collection = Collection.open(settings, encoder)
+        collection.meter = app.state.metrics
         app.state.collection = collection
         if not any_active(collection.sessions):
             log.warning(
@@ -89,6 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await call_next(request)
 
     app.include_router(images.router)
+    app.include_router(duplicates.router)
     app.include_router(search.router)
+    app.include_router(denoise.router)
     app.include_router(health.router)
+    app.include_router(thumbnails.router)
+    pages.install(app)
+    observability.install(app)  # last: its middleware is the outermost
     return app

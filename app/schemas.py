@@ -64,6 +64,12 @@ class SearchOut(BaseModel):
     results: list[SearchHit]
 
 
+class DuplicatesOut(BaseModel):
+    id: int
+    threshold: float = Field(description="Cosine similarity of stored descriptors from which images count.")
+    results: list[SearchHit]
+
+
 class DeleteOut(BaseModel):
     id: int
     deleted: bool

@@ -1,7 +1,10 @@
-"""Content-addressed file store: an image lives at images/ab/cd/<sha256>.<ext>, written atomically.
+"""Content-addressed file store: an image lives at images/ab/cd/<sha256>.<ext>.
 
-Content addressing makes a re-upload or an interrupted-then-rerun bulk job write the same file again
-harmlessly, and lets two rows never share or clobber a file.
+Content addressing makes a re-upload or a rerun of an interrupted bulk job harmless, and two rows can never
+share or clobber a file. Files are written in two phases around the database commit: staged under a
+``.pending-<pid>-<sha256>-…`` name first, then renamed into place once the row is committed. So a final
+file always has a committed row, and a crash leaves at most a pending file whose writer is gone, which
+``sweep`` settles at the next start: published if its row did commit, removed if not.
 """
 
 from __future__ import annotations
@@ -9,27 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-# A file younger than this may belong to a row another process is about to commit.
-ORPHAN_MIN_AGE_S = 600.0
-# Temporary files carry their writer's pid, so those of a dead writer can go at once, whatever their age.
-TEMP_PREFIX = ".tmp-"
-
-
-def _writer_is_gone(name: str) -> bool:
-    pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
-    if not pid_text.isdigit():
-        return True
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+PENDING_PREFIX = ".pending-"
 
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif"}
 EXTENSIONS |= {"BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
@@ -50,6 +36,24 @@ def media_type(fmt: str) -> str:
     return MEDIA_TYPES.get(fmt.upper(), "application/octet-stream")
 
 
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -58,47 +62,73 @@ class FileStore:
         ext = EXTENSIONS.get(fmt.upper(), fmt.lower() or "bin")
         return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.{ext}"
 
-    def write(self, sha256: str, fmt: str, data: bytes) -> Path:
+    def stage(self, sha256: str, fmt: str, data: bytes) -> Path | None:
+        """Write data durably under a pending name; None when the final file is already there."""
         target = self.path_for(sha256, fmt)
         if target.exists() and target.stat().st_size == len(data):
-            return target
+            return None
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+        prefix = f"{PENDING_PREFIX}{os.getpid()}-{sha256}-"
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=target.suffix)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(name)
             raise
+        return Path(name)
+
+    def publish(self, staged: Path) -> Path:
+        """Move a staged file into place (after its row is committed)."""
+        sha256 = staged.name[len(PENDING_PREFIX) :].split("-")[1]
+        target = staged.parent / f"{sha256}{staged.suffix}"
+        os.replace(staged, target)
+        _fsync_dir(target.parent)
         return target
+
+    def discard(self, staged: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+
+    def write(self, sha256: str, fmt: str, data: bytes) -> Path:
+        """Stage and publish at once, for callers with no commit to wait for."""
+        staged = self.stage(sha256, fmt, data)
+        return self.publish(staged) if staged is not None else self.path_for(sha256, fmt)
 
     def delete(self, sha256: str, fmt: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path_for(sha256, fmt).unlink()
 
-    def sweep(self, keep: Callable[[str], bool], min_age_s: float = ORPHAN_MIN_AGE_S) -> list[Path]:
-        """Remove files no row owns (a crash between file write and commit) and leftover temporary files.
+    def sweep(
+        self, known: Callable[[str], bool], committed: Callable[[str], bool]
+    ) -> tuple[list[Path], list[Path]]:
+        """Settle what crashes left: returns (published, removed).
 
-        Only files older than ``min_age_s`` go: a bulk job in another process writes its files moments
-        before it commits their rows, and those must not be taken for orphans.
+        ``known`` answers from a snapshot of the database's hashes taken before the walk; ``committed`` asks
+        the database now, so that a row committed by another process during the walk is never mistaken
+        for a missing one. Pending files of a live writer are left alone: it is still working on them.
         """
-        if not self.root.is_dir():
-            return []
-        cutoff = time.time() - min_age_s
+        published: list[Path] = []
         removed: list[Path] = []
-        for path in self.root.rglob("*"):
+        if not self.root.is_dir():
+            return published, removed
+        for path in sorted(self.root.rglob("*")):
             if not path.is_file():
                 continue
-            if path.name.startswith(TEMP_PREFIX):
-                stale = _writer_is_gone(path.name) or path.stat().st_mtime < cutoff
-            else:
-                stale = path.stat().st_mtime < cutoff and not keep(path.stem)
-            if stale:
+            if path.name.startswith(PENDING_PREFIX):
+                pid_text, sha256 = path.name[len(PENDING_PREFIX) :].split("-")[:2]
+                if pid_text.isdigit() and not _process_is_gone(int(pid_text)):
+                    continue
+                if committed(sha256) and not (path.parent / f"{sha256}{path.suffix}").exists():
+                    published.append(self.publish(path))
+                else:
+                    self.discard(path)
+                    removed.append(path)
+            elif not known(path.stem) and not committed(path.stem):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 removed.append(path)
-        return removed
+        return published, removed

@@ -105,6 +105,8 @@ def main() -> None:
             device=args.device,
         )
         encoder = encoder_from_settings(settings)
+        if not isinstance(encoder, Encoder):  # its forward side feeds backbone tensors (to_tensor)
+            parser.error("this benchmark measures the backbone encoder: unset CBIR_ENCODER")
         # Alternate the two sides so that a slow spell of a shared machine hits both alike; keep the best
         # run of each, the usual estimate of what the hardware can do.
         for run in range(args.repeats):

@@ -108,12 +108,21 @@ class VectorIndex:
         # Held for the whole of save(), so that concurrent saves reach os.replace in snapshot order and an
         # older snapshot can never overwrite a newer one; self._lock is only held while serialising.
         self._save_lock = threading.Lock()
+        # Bumped by every add and remove: caches derived from the stored vectors (the re-ranking neighbour
+        # lists) compare it to know they are stale without comparing the vectors.
+        self._version = 0
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(dim={self.dim}, fingerprint={self.fingerprint!r}, "
             f"description={self.description!r}, ntotal={self.ntotal})"
         )
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the stored vectors change (add, remove); equal versions mean equal contents."""
+        with self._lock:
+            return self._version
 
     @property
     def ntotal(self) -> int:
@@ -156,6 +165,7 @@ class VectorIndex:
                 )
             self._index.add_with_ids(vec_arr, id_arr)
             self._id_set.update(id_arr.tolist())
+            self._version += 1
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ids; unknown ids are ignored so that deleting twice is harmless (idempotent API calls)."""
@@ -166,6 +176,7 @@ class VectorIndex:
                 return 0
             removed = int(self._index.remove_ids(np.asarray(known, dtype=np.int64)))
             self._id_set.difference_update(known)
+            self._version += 1
             return removed
 
     # ------------------------------------------------------------------ queries
@@ -189,6 +200,26 @@ class VectorIndex:
             scores, found = self._index.search(q, min(int(k), ntotal))
         return np.asarray(scores, dtype=np.float32), np.asarray(found, dtype=np.int64)
 
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[tuple[Float32Array, Int64Array]]:
+        """Per query, every stored vector with inner product >= threshold, best first: (scores, ids)."""
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q.reshape(1, -1)
+        q = _as_matrix(q, self.dim, "queries", n=None, original=queries)
+        with self._lock:
+            if int(self._index.ntotal) == 0:
+                return [(np.empty(0, np.float32), np.empty(0, np.int64)) for _ in range(len(q))]
+            # FAISS keeps results strictly above its radius for inner product; nextafter makes it ">=".
+            radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))
+            limits, scores, found = self._index.range_search(q, radius)
+        out = []
+        for row in range(len(q)):
+            row_scores = np.asarray(scores[limits[row] : limits[row + 1]], dtype=np.float32)
+            row_ids = np.asarray(found[limits[row] : limits[row + 1]], dtype=np.int64)
+            order = np.argsort(-row_scores, kind="stable")
+            out.append((row_scores[order], row_ids[order]))
+        return out
+
     def ids(self) -> Int64Array:
         with self._lock:
             stored = faiss.vector_to_array(self._index.id_map)
@@ -199,6 +230,17 @@ class VectorIndex:
             return False
         with self._lock:
             return int(image_id) in self._id_set
+
+    def reconstruct_batch(self, ids: np.ndarray | Sequence[int]) -> Float32Array:
+        """(N, dim) stored vectors of ids, in order; KeyError naming the first unknown id."""
+        id_arr = _as_id_array(ids, "ids")
+        if id_arr.shape[0] == 0:
+            return np.empty((0, self.dim), np.float32)
+        with self._lock:
+            for image_id in id_arr.tolist():
+                if image_id not in self._id_set:
+                    raise KeyError(image_id)
+            return np.asarray(self._index.reconstruct_batch(id_arr), dtype=np.float32).reshape(-1, self.dim)
 
     def reconstruct(self, image_id: int) -> Float32Array:
         """The stored vector; KeyError (not FAISS's RuntimeError) for an unknown id, like a mapping."""

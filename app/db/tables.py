@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -78,3 +78,28 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class EncoderState(Base):
+    """Which encoder made the collection's vectors and the settings that rebuild it (one row, "active").
+
+    A running service reads it before every search: when `cbir reindex` has switched the collection to
+    another encoder, the service rebuilds that encoder from ``spec`` and swaps it in.
+    """
+
+    __tablename__ = "encoder_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(256))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_utcnow)
+
+
+class StagedVector(Base):
+    """A vector that `cbir reindex` made with the encoder it is switching to, kept until the swap."""
+
+    __tablename__ = "staged_vectors"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    encoder: Mapped[str] = mapped_column(String(256), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from app.deps import CollectionDep, SettingsDep
 from app.routes.uploads import parse_metadata, read_upload
 from app.schemas import DeleteOut, ErrorOut, ImageOut, UploadOut
+from app.services.thumbnails import Thumbnails
 from app.storage import media_type
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -50,6 +51,7 @@ def get_image_file(collection: CollectionDep, image_id: ImageId) -> FileResponse
 
 
 @router.delete("/{image_id}", response_model=DeleteOut, responses=ERRORS)
-def delete_image(collection: CollectionDep, image_id: ImageId) -> DeleteOut:
+def delete_image(collection: CollectionDep, settings: SettingsDep, image_id: ImageId) -> DeleteOut:
     row = collection.delete(image_id)
+    Thumbnails.for_settings(settings).drop(row.sha256)  # a deleted image must not linger as a thumbnail
     return DeleteOut(id=row.id, deleted=True)

@@ -10,6 +10,7 @@ from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS
 from app.routes.uploads import read_upload
 from app.schemas import SearchHit, SearchOut, image_url
+from app.services.queries import parse_box
 
 router = APIRouter(tags=["search"])
 
@@ -22,9 +23,25 @@ def search(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The query image.")],
     k: Annotated[int, Form(ge=1, le=MAX_K, description="How many results, at most 100.")] = 10,
+    box: Annotated[
+        str | None,
+        Form(
+            description="Search for a region only: x0,y0,x1,y1 in pixels of the uploaded image "
+            "(pooled from the query's feature map)."
+        ),
+    ] = None,
+    query_expansion: Annotated[
+        int | None,
+        Form(ge=0, le=100, description="Query expansion neighbours for this request; 0: off [service's]."),
+    ] = None,
+    database_augmentation: Annotated[
+        int | None,
+        Form(ge=0, le=100, description="Database-side augmentation neighbours; 0: off [service's]."),
+    ] = None,
 ) -> SearchOut:
     data = read_upload(file, settings.max_upload_bytes)
-    hits = collection.search_image(data, k)
+    rerank = collection.rerank.overridden(query_expansion, database_augmentation)
+    hits = collection.search_image(data, k, rerank, parse_box(box) if box is not None else None)
     return SearchOut(
         k=k,
         encoder=collection.encoder.fingerprint,

@@ -24,12 +24,22 @@ from app.config import Settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
-from app.errors import CollectionMismatchError, NotFoundError
+from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
+from app.observability import NO_METER, InferenceMeter
 from app.services.decoding import Prepared, decode_or_raise, sha256_of
-from app.services.gate import InferenceGate
-from app.storage import ORPHAN_MIN_AGE_S, FileStore
+from app.services.gate import InferenceGate, ServiceBusyError
+from app.services.queries import Box
+from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank
+from app.services.versions import (
+    encoder_spec,
+    ensure_active,
+    read_active,
+    read_active_fingerprint,
+    settings_for,
+)
+from app.storage import FileStore
 from index import IndexFileError, IndexMismatchError, VectorIndex
-from models import Encoder
+from models import Encoder, ImageEncoder
 
 log = logging.getLogger("cbir.collection")
 
@@ -60,7 +70,7 @@ class Collection:
     def __init__(
         self,
         settings: Settings,
-        encoder: Encoder,
+        encoder: ImageEncoder,
         engine: Engine,
         index: VectorIndex,
     ) -> None:
@@ -74,12 +84,22 @@ class Collection:
         # inference is serialised too, so concurrent requests queue instead of oversubscribing the cores.
         self._write_lock = threading.Lock()
         self.gate = InferenceGate(settings.inference_workers, settings.max_queue, settings.queue_timeout_s)
+        self.meter: InferenceMeter = NO_METER  # the service sets its /metrics here
         self._seen_id = 0  # highest row id already in the index (see catch_up)
+        self.rerank = options_from_settings(settings)  # requests may override it
+        self._neighbours = NeighbourCache()
+        self._switching: threading.Thread | None = None  # see _follow_switch
+        self._failed_switch: str | None = None
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, settings: Settings, encoder: Encoder, *, upgrade_schema: bool = True, reindexing: bool = False
+        cls,
+        settings: Settings,
+        encoder: ImageEncoder,
+        *,
+        upgrade_schema: bool = True,
+        reindexing: bool = False,
     ) -> Collection:
         """Open (creating if needed) the collection in settings.data_dir for this encoder.
 
@@ -99,12 +119,25 @@ class Collection:
         if reindexing:
             return cls(settings, encoder, engine, VectorIndex(encoder.dim, encoder.fingerprint))
         _check_rows_encoder(engine, encoder.fingerprint)
+        active = ensure_active(engine, encoder.fingerprint, encoder_spec(settings))
+        if active.fingerprint != encoder.fingerprint:
+            raise CollectionMismatchError(
+                f"the collection uses encoder '{active.fingerprint}' ({active.describe()}); the service is "
+                f"configured with '{encoder.fingerprint}': {REINDEX_HINT}, or configure the collection's one"
+            )
         try:
             index = VectorIndex.open_or_create(
                 settings.index_path, dim=encoder.dim, fingerprint=encoder.fingerprint
             )
         except IndexMismatchError as exc:
-            raise CollectionMismatchError(str(exc)) from exc
+            if not _has_rows(engine, encoder.fingerprint):
+                raise CollectionMismatchError(str(exc)) from exc
+            # The rows are this encoder's: the file is one that a process still on the previous encoder
+            # saved after `cbir reindex` switched the collection. The database is the source of truth.
+            log.warning(
+                "%s; but the database holds this encoder's vectors: rebuilding the index from them", exc
+            )
+            index = VectorIndex(encoder.dim, encoder.fingerprint)
         except IndexFileError as exc:
             log.warning("%s; rebuilding the index from the vectors stored in the database", exc)
             index = VectorIndex(encoder.dim, encoder.fingerprint)
@@ -145,6 +178,7 @@ class Collection:
 
         A primary-key range query, cheap enough to run before every search.
         """
+        self._follow_switch()
         with self._write_lock, self.sessions() as session:
             rows = session.execute(
                 select(Image.id, Image.vector)
@@ -162,17 +196,78 @@ class Collection:
             self.index.add(ids, _vectors_from_rows([row.vector for row in rows], self.encoder.dim))
         return len(rows)
 
-    def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
-        removed = self.files.sweep(self.known_sha256().__contains__, min_age_s)
-        if removed:
-            log.warning("removed %d stored files that no database row owns: %s", len(removed), removed[:5])
-        return len(removed)
+    # -- following `cbir reindex` --------------------------------------------------------------------------
+    def _follow_switch(self) -> None:
+        """If another process switched the collection's encoder, start swapping it in (in the background)."""
+        if self._switching is not None and self._switching.is_alive():
+            return
+        active = read_active_fingerprint(self.engine)
+        if active is None or active in (self.encoder.fingerprint, self._failed_switch):
+            return
+        self._switching = threading.Thread(
+            target=self._switch, args=(active,), name="cbir-encoder-switch", daemon=True
+        )
+        self._switching.start()
+
+    def _switch(self, fingerprint: str) -> None:
+        """Build the recorded encoder and its index from the rows, then swap both in; requests go on being
+        answered by the old pair until then (search_image pairs an encoder with its own index)."""
+        from app.encoders import encoder_from_settings
+
+        try:
+            with self.sessions() as session:
+                active = read_active(session)
+            if active is None or active.fingerprint != fingerprint:
+                return
+            settings = settings_for(self.settings, active.spec)
+            encoder = encoder_from_settings(settings)
+            if encoder.fingerprint != fingerprint:
+                raise CollectionMismatchError(
+                    f"the recorded settings ({active.describe()}) build '{encoder.fingerprint}' here, not "
+                    f"'{fingerprint}': restart the service with the collection's encoder"
+                )
+            index = VectorIndex(encoder.dim, encoder.fingerprint)
+            with self.sessions() as session:
+                rows = session.execute(
+                    select(Image.id, Image.vector).where(Image.encoder == fingerprint).order_by(Image.id)
+                ).all()
+            if rows:
+                ids = np.array([row.id for row in rows], dtype=np.int64)
+                index.add(ids, _vectors_from_rows([row.vector for row in rows], encoder.dim))
+            with self._write_lock:
+                self.settings, self.encoder, self.index = settings, encoder, index
+                self._seen_id = int(rows[-1].id) if rows else 0
+            log.warning(
+                "switched to encoder %s (%d images), as `cbir reindex` recorded", fingerprint, len(rows)
+            )
+        except Exception:
+            self._failed_switch = fingerprint
+            log.exception(
+                "could not switch to encoder %s; still serving %s", fingerprint, self.encoder.fingerprint
+            )
+
+    def sweep_orphans(self) -> tuple[int, int]:
+        """Publish or remove what a crash left in the file store; returns (published, removed)."""
+        published, removed = self.files.sweep(
+            self.known_sha256().__contains__, lambda digest: self.find_by_sha256(digest) is not None
+        )
+        if published or removed:
+            log.warning(
+                "file store after a crash: published %d files whose rows had committed, removed %d that no "
+                "row owns: %s",
+                len(published),
+                len(removed),
+                [p.name for p in (published + removed)[:5]],
+            )
+        return len(published), len(removed)
 
     # -- embedding ---------------------------------------------------------------------------------------
-    def embed_images(self, images: Sequence[PILImage], *, bounded: bool = False) -> np.ndarray:
+    def embed_images(
+        self, images: Sequence[PILImage], *, bounded: bool = False, encoder: ImageEncoder | None = None
+    ) -> np.ndarray:
         """Embed through the inference gate; requests pass ``bounded=True`` and may get ServiceBusyError."""
-        with self.gate.slot(bounded=bounded):
-            return self.encoder.embed(images)
+        with self.gate.slot(bounded=bounded), self.meter.running(len(images)):
+            return (encoder or self.encoder).embed(images)
 
     def embed_prepared(self, items: Sequence[Prepared], *, bounded: bool = False) -> np.ndarray:
         return self.embed_images([item.decoded.image for item in items], bounded=bounded)
@@ -181,9 +276,30 @@ class Collection:
         decoded = decode_or_raise(data, max_side=self.encoder.max_side, max_pixels=self.settings.max_pixels)
         return Prepared(sha256_of(data), data, decoded, original_name=name, meta=meta or {})
 
-    def embed_query(self, data: bytes) -> np.ndarray:
-        decoded = decode_or_raise(data, max_side=self.encoder.max_side, max_pixels=self.settings.max_pixels)
-        return self.embed_images([decoded.image], bounded=True)[0]
+    def embed_query(
+        self, data: bytes, box: Box | None = None, encoder: ImageEncoder | None = None
+    ) -> np.ndarray:
+        """The query's descriptor; with a box (x0, y0, x1, y1 in the original's pixels), the region's."""
+        encoder = encoder or self.encoder
+        decoded = decode_or_raise(data, max_side=encoder.max_side, max_pixels=self.settings.max_pixels)
+        if box is None:
+            return self.embed_images([decoded.image], bounded=True, encoder=encoder)[0]
+        if not isinstance(encoder, Encoder):
+            raise InvalidRequestError(
+                f"the configured encoder ({encoder.fingerprint}) cannot pool a region of its feature map: "
+                "search without a box, or crop the query yourself"
+            )
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= decoded.width and 0 <= y0 < y1 <= decoded.height):
+            raise InvalidRequestError(
+                f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must lie inside the {decoded.width}x{decoded.height} "
+                "image with x0 < x1 and y0 < y1 (pixels of the uploaded image, after EXIF rotation)"
+            )
+        # The decoded picture is resized to max_side; the box is in the original's pixels.
+        sx, sy = decoded.image.width / decoded.width, decoded.image.height / decoded.height
+        scaled = (x0 * sx, y0 * sy, min(x1 * sx, decoded.image.width), min(y1 * sy, decoded.image.height))
+        with self.gate.slot(bounded=True), self.meter.running(1):
+            return encoder.embed_region(decoded.image, scaled)
 
     # -- writing -----------------------------------------------------------------------------------------
     def known_sha256(self) -> set[str]:
@@ -201,40 +317,70 @@ class Collection:
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         results: list[Added] = []
+        staged: list[Path] = []
         with self._write_lock:
-            with self.sessions.begin() as session:
-                digests = [item.sha256 for item in items]
-                existing = {
-                    row.sha256: row for row in session.scalars(select(Image).where(Image.sha256.in_(digests)))
-                }
-                fresh: list[tuple[Image, np.ndarray]] = []
-                for item, vector in zip(items, vectors, strict=True):
-                    if item.sha256 in existing:
-                        results.append(Added(existing[item.sha256], duplicate=True))
-                        continue
-                    if copy_files or item.source_path is None:
-                        self.files.write(item.sha256, item.decoded.format, item.data)
-                    row = Image(
-                        sha256=item.sha256,
-                        original_name=item.original_name[:1024],
-                        source_path=item.source_path,
-                        width=item.decoded.width,
-                        height=item.decoded.height,
-                        size_bytes=len(item.data),
-                        format=item.decoded.format,
-                        meta=item.meta,
-                        encoder=self.encoder.fingerprint,
-                        vector=_vector_bytes(vector),
-                    )
-                    session.add(row)
-                    existing[item.sha256] = row
-                    fresh.append((row, vector))
-                    results.append(Added(row, duplicate=False))
-                session.flush()
+            try:
+                self._insert_rows(items, vectors, results, staged, copy_files)
+            except BaseException:
+                for path in staged:
+                    self.files.discard(path)
+                raise
+            for path in staged:  # committed: the files may take their final names
+                self.files.publish(path)
+            fresh = [
+                (added.image, vector)
+                for added, vector in zip(results, vectors, strict=True)
+                if not added.duplicate
+            ]
             if fresh:
                 ids = np.array([row.id for row, _ in fresh], dtype=np.int64)
                 self.index.add(ids, np.stack([vec for _, vec in fresh]).astype(np.float32))
         return results
+
+    def _insert_rows(
+        self,
+        items: Sequence[Prepared],
+        vectors: np.ndarray,
+        results: list[Added],
+        staged: list[Path],
+        copy_files: bool,
+    ) -> None:
+        """One transaction: rows (with vectors) for the new items; their files staged, not yet published."""
+        with self.sessions.begin() as session:
+            active = read_active(session)
+            if active is not None and active.fingerprint != self.encoder.fingerprint:
+                raise ServiceBusyError(
+                    f"`cbir reindex` switched the collection to encoder '{active.fingerprint}': a running "
+                    "service follows within moments, so retry; restart a bulk job with the new settings"
+                )
+            digests = [item.sha256 for item in items]
+            existing = {
+                row.sha256: row for row in session.scalars(select(Image).where(Image.sha256.in_(digests)))
+            }
+            for item, vector in zip(items, vectors, strict=True):
+                if item.sha256 in existing:
+                    results.append(Added(existing[item.sha256], duplicate=True))
+                    continue
+                if copy_files or item.source_path is None:
+                    path = self.files.stage(item.sha256, item.decoded.format, item.data)
+                    if path is not None:
+                        staged.append(path)
+                row = Image(
+                    sha256=item.sha256,
+                    original_name=item.original_name[:1024],
+                    source_path=item.source_path,
+                    width=item.decoded.width,
+                    height=item.decoded.height,
+                    size_bytes=len(item.data),
+                    format=item.decoded.format,
+                    meta=item.meta,
+                    encoder=self.encoder.fingerprint,
+                    vector=_vector_bytes(vector),
+                )
+                session.add(row)
+                existing[item.sha256] = row
+                results.append(Added(row, duplicate=False))
+            session.flush()
 
     def add_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> Added:
         existing = self.find_by_sha256(sha256_of(data))
@@ -260,6 +406,8 @@ class Collection:
 
     def save_index(self) -> None:
         with self._write_lock:
+            if read_active_fingerprint(self.engine) not in (None, self.index.fingerprint):
+                return  # `cbir reindex` switched the collection: the index file is the new encoder's now
             self.index.save(self.settings.index_path)
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -282,9 +430,20 @@ class Collection:
             + ")"
         )
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        rerank: RerankOptions | None = None,
+        index: VectorIndex | None = None,
+    ) -> list[list[Hit]]:
+        """Top k per query through the one ranking function that `cbir evaluate` measures too.
+
+        ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile).
+        """
         self.catch_up()
-        scores, ids = self.index.search(vectors, k)
+        index = index or self.index
+        scores, ids = rank(index, vectors, k, rerank or self.rerank, cache=self._neighbours)
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self.sessions() as session:
             rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(wanted)))}
@@ -294,8 +453,17 @@ class Collection:
             for srow, irow in zip(scores, ids, strict=True)
         ]
 
-    def search_image(self, data: bytes, k: int) -> list[Hit]:
-        return self.search_vectors(self.embed_query(data)[None, :], k)[0]
+    def search_image(
+        self, data: bytes, k: int, rerank: RerankOptions | None = None, box: Box | None = None
+    ) -> list[Hit]:
+        self.catch_up()  # notices an encoder switch that `cbir reindex` committed
+        for _ in range(3):
+            # Embed and search with one encoder's pair even if a switch swaps them in between.
+            encoder, index = self.encoder, self.index
+            vector = self.embed_query(data, box, encoder)
+            if index.fingerprint == encoder.fingerprint:
+                return self.search_vectors(vector[None, :], k, rerank, index)[0]
+        raise ServiceBusyError("the collection is switching to another encoder: retry in a moment")
 
     def count(self) -> int:
         with self.sessions() as session:
@@ -337,3 +505,8 @@ def _check_rows_encoder(engine: Engine, fingerprint: str) -> None:
             f"the collection holds images embedded by another encoder ({found}); the service is configured "
             f"with '{fingerprint}': {REINDEX_HINT}, or configure the encoder the collection was built with"
         )
+
+
+def _has_rows(engine: Engine, fingerprint: str) -> bool:
+    with Session(engine) as session:
+        return session.scalar(select(Image.id).where(Image.encoder == fingerprint).limit(1)) is not None

@@ -1,8 +1,8 @@
 """Retrieval quality of the configured encoder on a folder-per-class collection.
 
-Embeds with exactly the code path the service uses (same decoding, encoder and index search), so the figures
-describe what a user of the service would get. Protocol: every image queries all the others; relevant = same
-folder; AP is over all relevant images (mAP), P@k over the first k answers.
+Embeds and ranks with exactly the code path the service uses (same decoding, encoder, search and re-ranking),
+so the figures describe what a user of the service would get. Protocol: every image queries all the others;
+relevant = same folder; AP is over all relevant images (mAP), P@k over the first k answers.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 
 from app.services.bulk import batched
 from app.services.decoding import Prepared, Skipped, list_files, load_files
+from app.services.reranking import NeighbourCache, RerankOptions, rank
 from index import VectorIndex
-from models import Encoder
+from models import ImageEncoder
 
 PRECISION_AT = (1, 5, 10)
 
@@ -55,21 +56,31 @@ def average_precisions(
 
 
 def retrieval_metrics(
-    vectors: np.ndarray, labels: np.ndarray, fingerprint: str, chunk: int = 1024
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    fingerprint: str,
+    rerank: RerankOptions | None = None,
+    chunk: int = 256,
 ) -> tuple[float, dict[int, float]]:
-    """mAP and P@k of every item queried against all the others (queries in chunks to bound memory)."""
+    """mAP and P@k of every item queried against all the others (queries in chunks to bound memory).
+
+    Ranked by the service's own ranking function (`rank`, re-ranking included), with each query left out of
+    the database it is measured against, so the figures are what a client of the service would get.
+    """
     n = len(vectors)
     index = VectorIndex(vectors.shape[1], fingerprint)
     index.add(np.arange(n, dtype=np.int64), vectors)
+    options = rerank if rerank is not None else RerankOptions.off()
+    cache = NeighbourCache()
     relevant_all = np.bincount(labels)[labels] - 1
     aps: list[np.ndarray] = []
     hits_at = {k: 0.0 for k in PRECISION_AT if k < n}
     for start in range(0, n, chunk):
         query_ids = np.arange(start, min(start + chunk, n))
-        _, ids = index.search(vectors[query_ids], n)
-        # Drop each query from its own ranking, wherever ties put it.
-        own = ids == query_ids[:, None]
-        ranked_labels = labels[ids[~own].reshape(len(query_ids), n - 1)]
+        _, ids = rank(index, vectors[query_ids], n - 1, options, cache=cache, exclude=query_ids.tolist())
+        if (ids < 0).any():
+            raise RuntimeError("the ranking returned fewer results than the database holds")
+        ranked_labels = labels[ids]
         query_labels = labels[query_ids]
         aps.append(average_precisions(ranked_labels, query_labels, relevant_all[query_ids]))
         hits = ranked_labels == query_labels[:, None]
@@ -80,12 +91,13 @@ def retrieval_metrics(
 
 
 def evaluate_folder(
-    encoder: Encoder,
+    encoder: ImageEncoder,
     root: Path,
     *,
     workers: int,
     max_pixels: int,
     on_progress: Callable[[int, int], None] | None = None,
+    rerank: RerankOptions | None = None,
 ) -> EvalReport:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
@@ -118,5 +130,5 @@ def evaluate_folder(
         raise ValueError(f"no readable image under {root}")
     all_vectors = np.concatenate(vectors)
     seconds = time.perf_counter() - started
-    mean_ap, precision = retrieval_metrics(all_vectors, np.array(labels), encoder.fingerprint)
+    mean_ap, precision = retrieval_metrics(all_vectors, np.array(labels), encoder.fingerprint, rerank)
     return EvalReport(len(all_vectors), len(classes), mean_ap, precision, seconds, skipped)

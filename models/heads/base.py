@@ -23,12 +23,19 @@ class Head(nn.Module):
     """(B, C, h, w) feature map -> (B, out_dim) vector; the Encoder L2-normalises, so heads need not."""
 
     name: ClassVar[str]
+    # Heads with parameters learned from the user's images (NetVLAD's centroids) say so: an encoder refuses
+    # to run one whose parameters were not loaded from a file that `cbir fit` wrote.
+    needs_fitting: ClassVar[bool] = False
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         if in_channels < 1:
             raise EncoderConfigError(f"head {self.name!r} needs a positive channel count, got {in_channels}")
         self.in_channels = in_channels
+
+    @property
+    def is_fitted(self) -> bool:
+        return not self.needs_fitting
 
     @property
     def out_dim(self) -> int:

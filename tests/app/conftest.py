@@ -36,7 +36,7 @@ POSTGRES_URL = os.environ.get("CBIR_TEST_POSTGRES_URL")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """Every test that touches the database runs on SQLite (the default) and on a fresh PostgreSQL database."""
+    """Every test that touches the database runs on SQLite (the default) and on a fresh PostgreSQL one."""
     if request.param == "sqlite":
         yield None
         return

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,24 @@ def env_for(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "CBIR_DATA_DIR": str(data_dir), "CBIR_DEVICE": "cpu"}
 
 
+def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`cbir serve` on a free port, once /health answers 200."""
+    port = free_port()
+    process = subprocess.Popen(cbir("serve", "--port", str(port)), env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.3)
+    process.kill()
+    pytest.fail("the server did not become healthy in 120 s")
+
+
 @pytest.fixture(scope="module")
 def server(corel_module: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cbir index` of the whole of Corel-1K, then `cbir serve` on a free port."""
@@ -69,21 +88,8 @@ def server(corel_module: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     assert indexed.returncode == 0, indexed.stderr
     assert "added 1000, duplicates 0, skipped 0" in indexed.stdout
-    port = free_port()
-    process = subprocess.Popen(cbir("serve", "--port", str(port)), env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_server(env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            time.sleep(0.3)
-        else:
-            pytest.fail("the server did not become healthy in 120 s")
         yield url
     finally:
         process.send_signal(signal.SIGINT)
@@ -189,3 +195,69 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
         cbir("search", str(query), "-k", "3", "--json"), env=env, capture_output=True, text=True, timeout=120
     )
     assert json.loads(found.stdout)[0]["name"] == query.name
+
+
+def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(
+    subset: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    env = env_for(data_dir)
+    photos = sorted(subset.rglob("*.jpg"))[::3][:60]
+    process, url = start_server(env)
+    acknowledged: dict[str, int] = {}
+    stop = threading.Event()
+
+    def uploader(chunk: list[Path]) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for photo in chunk:
+                if stop.is_set():
+                    return
+                try:
+                    response = client.post("/images", files={"file": (photo.name, photo.read_bytes())})
+                except httpx.TransportError:
+                    return
+                if response.status_code == 201:
+                    acknowledged[photo.name] = response.json()["id"]
+
+    threads = [threading.Thread(target=uploader, args=(photos[i::3],)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 300
+    while len(acknowledged) < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()  # SIGKILL with uploads in flight
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    process.wait()
+    assert 12 <= len(acknowledged) < len(photos)
+
+    process, url = start_server(env)
+    try:
+        stats = httpx.get(f"{url}/stats").json()
+        assert stats["count"] == stats["indexed"] >= len(acknowledged)
+        for name, image_id in acknowledged.items():
+            assert httpx.get(f"{url}/images/{image_id}").json()["original_name"] == name
+        probe = subset / "elephants" / next(iter(n for n in acknowledged if n.startswith("elephants")), "")
+        if probe.is_file():
+            hits = httpx.post(f"{url}/search", files={"file": ("q.jpg", probe.read_bytes())}).json()[
+                "results"
+            ]
+            assert hits[0]["id"] == acknowledged[probe.name]
+        for photo in photos:  # everything again: the committed ones are duplicates, the rest new
+            response = httpx.post(
+                f"{url}/images", files={"file": (photo.name, photo.read_bytes())}, timeout=60
+            )
+            assert response.status_code in (200, 201), response.text
+            if photo.name in acknowledged:
+                body = response.json()
+                assert (body["duplicate"], body["id"]) == (True, acknowledged[photo.name])
+        stats = httpx.get(f"{url}/stats").json()
+        assert stats["count"] == stats["indexed"] == len(photos)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    with sqlite3.connect(data_dir / "cbir.db") as connection:
+        hashes = sorted(row[0] for row in connection.execute("SELECT sha256 FROM images"))
+    stored = sorted(p.name.split(".")[0] for p in (data_dir / "images").rglob("*") if p.is_file())
+    assert stored == hashes, "orphan, pending or missing files"

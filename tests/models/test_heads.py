@@ -67,8 +67,8 @@ def test_gem_p_is_learnable_and_hashed() -> None:
 
 
 def test_unknown_head_lists_the_known_ones() -> None:
-    with pytest.raises(EncoderConfigError, match=r"unknown head 'netvlad'.*gap, gem, mac"):
-        build_head("netvlad", 8)
+    with pytest.raises(EncoderConfigError, match=r"unknown head 'nonesuch'.*gap, gem, mac, netvlad, spp"):
+        build_head("nonesuch", 8)
 
 
 def test_bad_head_options_are_a_config_error() -> None:

@@ -117,21 +117,32 @@ def _exited_pid() -> int:
     return process.pid
 
 
-def test_orphan_files_are_swept_but_fresh_ones_kept(settings: Settings) -> None:
+def test_a_crash_between_file_and_commit_is_settled_at_the_next_open(settings: Settings) -> None:
     collection = open_collection(settings)
     [kept_id] = add(collection, range(1))
-    orphan = collection.files.write("ab" * 32, "JPEG", image_bytes(7))  # written, never committed
-    dead_temp = orphan.parent / f".tmp-{_exited_pid()}-x"
-    live_temp = orphan.parent / f".tmp-{os.getpid()}-y"
-    dead_temp.write_bytes(b"partial")
-    live_temp.write_bytes(b"being written")
-    # Young orphans may belong to a commit in flight; a dead writer's temporary file goes at once.
-    assert collection.sweep_orphans() == 1
-    assert not dead_temp.exists()
-    assert orphan.exists()
-    assert live_temp.exists()
-    assert collection.sweep_orphans(min_age_s=0) == 2
-    assert not orphan.exists()
-    assert not live_temp.exists()
+    files = collection.files
+    # Staged by a writer that died before its commit: no row, so the file goes.
+    uncommitted = files.stage("ab" * 32, "JPEG", image_bytes(7))
+    # Staged by a writer that died after its commit but before publishing: the file takes its place.
+    item = collection.prepare_upload(image_bytes(8), "8.jpg")
+    [row] = [a.image for a in collection.ingest([item], collection.embed_prepared([item]))]
+    files.path_for(row.sha256, row.format).rename(files.root / "committed.tmp")
+    staged = files.stage(row.sha256, row.format, image_bytes(8))
+    assert uncommitted is not None and staged is not None
+    dead = _exited_pid()
+    for path in (uncommitted, staged):
+        path.rename(path.with_name(path.name.replace(f"-{os.getpid()}-", f"-{dead}-")))
+    (files.root / "committed.tmp").unlink()
+    # A live writer's pending file is left alone; a final file no row owns goes.
+    live = files.stage("cd" * 32, "PNG", b"being written")
+    stray = files.write("ef" * 32, "JPEG", image_bytes(9))
+    assert live is not None
+
+    published, removed = collection.sweep_orphans()
+    assert (published, removed) == (1, 2)
+    assert files.path_for(row.sha256, row.format).read_bytes() == image_bytes(8)
+    assert not stray.exists()
+    assert live.exists()
+    assert not list(files.root.rglob(f".pending-{dead}-*"))
     assert collection.file_path(collection.get(kept_id)).exists()
     collection.close()

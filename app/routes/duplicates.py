@@ -1,0 +1,44 @@
+"""Near-duplicates of a stored image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.deps import CollectionDep, SettingsDep
+from app.routes.images import ERRORS, ImageId
+from app.schemas import DuplicatesOut, SearchHit, image_url
+from app.services.duplicates import duplicates_of
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+
+@router.get("/{image_id}/duplicates", response_model=DuplicatesOut, responses=ERRORS)
+def duplicates(
+    collection: CollectionDep,
+    settings: SettingsDep,
+    image_id: ImageId,
+    threshold: Annotated[
+        float | None,
+        Query(
+            gt=0, le=1, description="Cosine similarity from which images count [CBIR_DUPLICATE_THRESHOLD]."
+        ),
+    ] = None,
+) -> DuplicatesOut:
+    limit = settings.duplicate_threshold if threshold is None else threshold
+    hits = duplicates_of(collection, image_id, limit)
+    return DuplicatesOut(
+        id=image_id,
+        threshold=limit,
+        results=[
+            SearchHit(
+                id=hit.image.id,
+                score=hit.score,
+                original_name=hit.image.original_name,
+                metadata=hit.image.meta or {},
+                url=image_url(hit.image.id),
+            )
+            for hit in hits
+        ],
+    )
