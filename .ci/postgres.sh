@@ -2,7 +2,7 @@
 # Installs PostgreSQL from Debian's packages when missing, starts a throw-away server on loopback (trust
 # auth, its own data directory) and prints its SQLAlchemy URL. Exits non-zero, saying why, if it cannot.
 set -euo pipefail
-port=${PGPORT_CBIR:-55432}
+port=${PGPORT_CBIR:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
   echo "installing PostgreSQL from Debian's packages…" >&2
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >/dev/null 2>&1 \
