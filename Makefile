@@ -49,7 +49,7 @@ format: setup
 bench: setup
 	$(BIN)/python bench/index_throughput.py
 
-bench-dae: setup  ## the autoencoder against pixels, PCA and Lite0 on MNIST and CIFAR-10 (CPU: about half an hour)
+bench-dae: setup  ## the autoencoder against pixels, PCA and Lite0 on MNIST and CIFAR-10 (CPU: long; --skip-cifar is quicker)
 	$(BIN)/python bench/dae.py
 
 image:  ## build the CPU image with buildah (root; python:3.11-slim must be pullable or local)

@@ -37,7 +37,7 @@ from app.services.keys import Role, create_key, list_keys, revoke_key
 from app.services.queries import parse_box
 from app.services.reranking import options_from_settings
 from index import VectorIndexError
-from models import EncoderConfigError
+from models import EncoderConfigError, ImageEncoder
 from models.training import EpochReport
 
 app = typer.Typer(
@@ -244,7 +244,9 @@ def search(
     with friendly_errors():
         settings = make_settings(locals())
         collection = open_collection(settings)
-        hits = collection.search_image(image.read_bytes(), k, box=parse_box(box) if box is not None else None)
+        asked = query_expansion is not None or database_augmentation is not None
+        region = parse_box(box) if box is not None else None
+        hits = collection.search_image(image.read_bytes(), k, collection.rerank if asked else None, region)
         collection.close()
         if as_json:
             rows = [
@@ -294,6 +296,15 @@ def stats(
 @app.command()
 def evaluate(
     directory: Annotated[Path, typer.Argument(help="A folder with one sub-folder of images per class.")],
+    ground_truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--ground-truth",
+            exists=True,
+            dir_okay=False,
+            help="Instance retrieval instead of classes: JSON of query name -> relevant names under DIR.",
+        ),
+    ] = None,
     encoder: EncoderSpec = None,
     backbone: Backbone = None,
     head: Head = None,
@@ -308,7 +319,8 @@ def evaluate(
     workers: Workers = None,
 ) -> None:
     """Retrieval quality of the configured encoder and re-ranking, exactly as the service answers: every
-    image queries all the others (same class = relevant). Prints mAP and P@1/5/10, then a JSON line."""
+    image queries all the others (same class = relevant), or the --ground-truth queries do. Prints mAP and
+    P@1/5/10 (and R@1/5/10 with a ground truth), then a JSON line."""
     with friendly_errors():
         settings = make_settings(locals())
         if not directory.is_dir():
@@ -317,6 +329,9 @@ def evaluate(
 
         model = encoder_from_settings(settings)
         total = sum(1 for _ in bulk.list_files(directory))
+        if ground_truth is not None:
+            _evaluate_instances(settings, model, directory, ground_truth, total)
+            return
         with progress_bar("embedding", total) as update:
             report = evaluate_folder(
                 model,
@@ -338,6 +353,34 @@ def evaluate(
         print(json.dumps(figures))
 
 
+def _evaluate_instances(
+    settings: Settings, model: ImageEncoder, directory: Path, ground_truth: Path, total: int
+) -> None:
+    from app.services.ground_truth import evaluate_ground_truth
+
+    with progress_bar("embedding", total) as update:
+        report = evaluate_ground_truth(
+            model,
+            directory,
+            ground_truth,
+            workers=settings.workers,
+            max_pixels=settings.max_pixels,
+            rerank=options_from_settings(settings),
+            on_progress=update,
+        )
+    figures: dict[str, Any] = {"encoder": model.fingerprint, **report.as_dict()}
+    figures["rerank"] = asdict(options_from_settings(settings))
+    columns = ("mAP", "P@1", "P@5", "P@10", "R@1", "R@5", "R@10")
+    table = Table(title=f"{directory} — {report.images} images, {report.queries} queries from {ground_truth}")
+    for key in columns:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{figures[key]}" for key in columns))
+    console.print(table)
+    if report.skipped:
+        console.print(f"skipped {len(report.skipped)} unreadable files")
+    print(json.dumps(figures))
+
+
 @app.command()
 def fit(
     directory: Annotated[
@@ -356,7 +399,7 @@ def fit(
     assignment_ratio: Annotated[
         float,
         typer.Option(
-            "--assignment-ratio", min=1.0, help="NetVLAD softness: nearest / second centroid weight [1.5]."
+            "--assignment-ratio", min=1.0, help="NetVLAD softness r (alpha = ln r / similarity gap) [1.5]."
         ),
     ] = 1.5,
     max_images: Annotated[int, typer.Option("--max-images", min=2, help="Images sampled [1000].")] = 1000,

@@ -148,10 +148,14 @@ def cifar(args: argparse.Namespace, work: Path) -> list[Row]:
     lite0 = build_encoder(device=args.device, max_side=args.lite0_side)
     started = time.perf_counter()
     # Decoded a chunk at a time: 10,000 pictures at 320 px would take 3 GB.
-    chunks = [
-        lite0.embed([decode_image(blob, max_side=lite0.max_side).image for blob in data[i : i + 256]])
-        for i in range(0, len(data), 256)
-    ]
+    chunks: list[np.ndarray] = []
+    for i in range(0, len(data), 256):
+        chunks.append(
+            lite0.embed([decode_image(b, max_side=lite0.max_side).image for b in data[i : i + 256]])
+        )
+        if (i // 256) % 8 == 7:
+            done = i + len(chunks[-1])
+            print(f"    {done} images, {done / (time.perf_counter() - started):.1f} img/s", flush=True)
     print(f"  Lite0 embedded {len(data)} images in {time.perf_counter() - started:.0f} s", flush=True)
     name = f"Lite0 GAP (ImageNet, side {lite0.max_side})"
     rows = [evaluate(name, np.concatenate(chunks), labels, queries, database, 100, 0.0)]

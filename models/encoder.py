@@ -229,7 +229,7 @@ def build_encoder(
     torch_device = resolve_device(device)
     params = load_fitted(fitted) if fitted is not None else None
     options = dict(head_options or {})
-    if params is not None:
+    if params is not None and params.head == head:
         options = {**params.head_config, **options}
     built = build_backbone(backbone, weights)
     pooling = build_head(head, built.out_channels, **options)

@@ -32,15 +32,16 @@ def search(
     ] = None,
     query_expansion: Annotated[
         int | None,
-        Form(ge=0, le=100, description="Query expansion neighbours for this request; 0: off [service's]."),
+        Form(ge=0, le=100, description="Query expansion neighbours; 0: off [the service's; 0 with a box]."),
     ] = None,
     database_augmentation: Annotated[
         int | None,
-        Form(ge=0, le=100, description="Database-side augmentation neighbours; 0: off [service's]."),
+        Form(ge=0, le=100, description="Database-side augmentation neighbours; 0: off [as query expansion]."),
     ] = None,
 ) -> SearchOut:
     data = read_upload(file, settings.max_upload_bytes)
-    rerank = collection.rerank.overridden(query_expansion, database_augmentation)
+    asked = query_expansion is not None or database_augmentation is not None
+    rerank = collection.rerank.overridden(query_expansion, database_augmentation) if asked else None
     hits = collection.search_image(data, k, rerank, parse_box(box) if box is not None else None)
     return SearchOut(
         k=k,

@@ -1,4 +1,4 @@
-"""Bulk jobs over many files: indexing a folder and re-embedding a collection.
+"""Bulk jobs over many files: indexing a folder (re-embedding a collection is app/services/reindex.py).
 
 Files are read and decoded by a thread pool while the caller's thread runs the encoder, so decoding overlaps
 inference. Every batch is committed to the database (rows with their vectors) as soon as it is embedded, and
@@ -14,14 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-from sqlalchemy import update
-
-from app.db.tables import Image
-from app.errors import NotFoundError
 from app.services.collection import Collection
 from app.services.decoding import Prepared, Skipped, list_files, load_files
-from models import ImageDecodeError, decode_image
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]  # (files done, images added)
@@ -117,49 +111,3 @@ def index_directory(
     collection: Collection, root: Path, *, copy_files: bool = True, on_progress: Progress | None = None
 ) -> BulkReport:
     return index_files(collection, list_files(root), copy_files=copy_files, on_progress=on_progress)
-
-
-def reembed(collection: Collection, *, on_progress: Progress | None = None) -> BulkReport:
-    """Re-embed every stored image made by another encoder (open the collection with ``reindexing=True``).
-
-    Rows are updated a batch per transaction, so an interrupted run resumes with the rows still stale; the
-    caller then rebuilds the index from the database with ``collection.reconcile()``.
-    """
-    fingerprint = collection.encoder.fingerprint
-    report = BulkReport()
-    started = time.perf_counter()
-    done = 0
-    for rows in collection.stored_items(batch=collection.encoder.batch_size):
-        stale = [row for row in rows if row.encoder != fingerprint]
-        report.files += len(rows)
-        done += len(rows) - len(stale)
-        images = []
-        kept: list[Image] = []
-        for row in stale:
-            try:
-                data = collection.file_path(row).read_bytes()
-                decoded = decode_image(
-                    data, max_side=collection.encoder.max_side, max_pixels=collection.settings.max_pixels
-                )
-            except (OSError, ImageDecodeError, NotFoundError) as exc:
-                report.skipped.append(Skipped(Path(row.source_path or row.original_name), str(exc)))
-                continue
-            images.append(decoded.image)
-            kept.append(row)
-        if kept:
-            vectors = collection.embed_images(images)
-            with collection.sessions.begin() as session:
-                for row, vector in zip(kept, vectors, strict=True):
-                    session.execute(
-                        update(Image)
-                        .where(Image.id == row.id)
-                        .values(
-                            encoder=fingerprint, vector=np.ascontiguousarray(vector, dtype="<f4").tobytes()
-                        )
-                    )
-            report.added += len(kept)
-        done += len(stale)
-        if on_progress is not None:
-            on_progress(done, report.added)
-    report.seconds = time.perf_counter() - started
-    return report

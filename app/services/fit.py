@@ -3,10 +3,11 @@
 Two things can be learned, each optional:
 
 - NetVLAD's centroids: faiss k-means on L2-normalised local descriptors (feature-map positions) sampled from
-  the images, then w_k = 2*alpha*c_k, b_k = -alpha*|c_k|^2 (Arandjelović et al.). alpha is set on the
-  sample so that a descriptor's nearest centroid weighs on average `assignment_ratio` times its second
-  nearest. The paper asks for a large alpha (a ratio of ~100 is the common choice); on Corel-1K a soft 1.5
-  measured clearly better at every K (README, "Choosing a descriptor"), so that is the default.
+  the images, then w_k = 2*alpha*c_k, b_k = -alpha*|c_k|^2 (Arandjelović et al.). alpha follows the rule of
+  the reference PyTorch NetVLAD: alpha = ln(r) / mean over the sample of (best - second best dot product
+  of a descriptor with the centroids). There r = 100, a sharp assignment, as the paper asks for; on
+  Corel-1K a soft r = 1.5 measured clearly better at every K (README, "Choosing a descriptor"), so 1.5 is
+  the default (`cbir fit --assignment-ratio`).
 - A projection of the pooled descriptors: PCA to a given dimension, optionally whitened (faiss PCAMatrix
   with eigen-power -0.5 for full whitening, 0 for plain PCA).
 
@@ -35,9 +36,17 @@ from models.fitted import FittedParameters, save_fitted
 from models.heads.netvlad import NetVLAD
 from models.projection import Projection
 
-__all__ = ["FitOptions", "FitReport", "fit_encoder", "kmeans_centroids", "learn_projection"]
+__all__ = [
+    "FitOptions",
+    "FitReport",
+    "fit_encoder",
+    "fit_parameters",
+    "kmeans_centroids",
+    "learn_projection",
+    "stored_image_paths",
+]
 
-# alpha makes the nearest centroid weigh this many times the second nearest, on average over the sample.
+# r in alpha = ln(r) / mean(best - second best similarity to the centroids); see the module docstring.
 DEFAULT_ASSIGNMENT_RATIO = 1.5
 
 
@@ -74,7 +83,7 @@ def kmeans_centroids(
     iterations: int = 25,
     seed: int = 0,
 ) -> tuple[np.ndarray, float]:
-    """(K, C) k-means centroids of L2-normalised descriptors and the NetVLAD alpha measured on them."""
+    """(K, C) k-means centroids of L2-normalised descriptors and NetVLAD's alpha for them (see above)."""
     data = np.ascontiguousarray(descriptors, dtype=np.float32)
     if assignment_ratio <= 1:
         raise ValueError(
@@ -85,7 +94,10 @@ def kmeans_centroids(
             f"k-means with {clusters} clusters needs at least as many descriptors, got {len(data)}: fit on "
             "more images or ask for fewer clusters"
         )
-    kmeans = faiss.Kmeans(data.shape[1], clusters, niter=iterations, seed=seed, max_points_per_centroid=4096)
+    # Best of a few random starts: one start can settle with two centroids in one cluster and none in another.
+    kmeans = faiss.Kmeans(
+        data.shape[1], clusters, niter=iterations, nredo=3, seed=seed, max_points_per_centroid=4096
+    )
     kmeans.train(data)
     centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
     if clusters == 1:
@@ -140,14 +152,7 @@ def fit_encoder(
         scales=parse_scales(settings.scales),
         require_fitted=False,
     )
-    head = encoder.head
-    if not head.needs_fitting and options.projection_dim is None:
-        raise EncoderConfigError(
-            f"nothing to fit: head {settings.head!r} has no learned parameters; ask for a projection "
-            "(--dim N) or use a head that needs fitting (--head netvlad)"
-        )
-    if head.needs_fitting and not isinstance(head, NetVLAD):
-        raise EncoderConfigError(f"`cbir fit` does not know how to fit head {settings.head!r}")
+    _check_fittable(encoder, options)
     rng = np.random.default_rng(options.seed)
     chosen = sorted(rng.permutation(len(paths))[: options.max_images].tolist())
     sample = [paths[i] for i in chosen]
@@ -155,7 +160,28 @@ def fit_encoder(
     if not maps:
         raise ValueError(f"no readable image among the {len(sample)} sampled from {source}")
     report = FitReport(path=out, file_id="", images=len(maps), skipped=skipped)
+    params = fit_parameters(encoder, maps, options, source=source, report=report)
+    report.file_id = save_fitted(params, out)
+    report.seconds = time.perf_counter() - started
+    return report
 
+
+def fit_parameters(
+    encoder: Encoder,
+    maps: Sequence[Sequence[torch.Tensor]],
+    options: FitOptions,
+    *,
+    source: str,
+    report: FitReport | None = None,
+) -> FittedParameters:
+    """Fit the encoder's head (in place) and projection on per-image feature maps (Encoder.feature_maps).
+
+    Separate from reading images so that bench/quality.py fits exactly as `cbir fit` does on the maps it
+    has already computed.
+    """
+    _check_fittable(encoder, options)
+    head = encoder.head
+    rng = np.random.default_rng(options.seed)
     if isinstance(head, NetVLAD):
         descriptors = _sample_descriptors(maps, options.descriptors_per_image, rng)
         centroids, alpha = kmeans_centroids(
@@ -166,15 +192,17 @@ def fit_encoder(
             seed=options.seed,
         )
         head.set_centroids(torch.from_numpy(centroids).to(encoder.device), alpha)
-        report.descriptors, report.clusters, report.alpha = len(descriptors), head.clusters, alpha
+        if report is not None:
+            report.descriptors, report.clusters, report.alpha = len(descriptors), head.clusters, alpha
 
     projection = None
     if options.projection_dim is not None:
         vectors = np.concatenate([encoder.pool_maps(per_scale, project=False) for per_scale in maps])
         projection = learn_projection(vectors, options.projection_dim, options.eigen_power)
-        report.projection = f"{projection.out_dim}-d, eigen-power {options.eigen_power:g}"
+        if report is not None:
+            report.projection = f"{projection.out_dim}-d, eigen-power {options.eigen_power:g}"
 
-    params = FittedParameters(
+    return FittedParameters(
         backbone=encoder.backbone_name,
         weights_id=encoder.weights_id,
         head=head.name,
@@ -194,9 +222,17 @@ def fit_encoder(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    report.file_id = save_fitted(params, out)
-    report.seconds = time.perf_counter() - started
-    return report
+
+
+def _check_fittable(encoder: Encoder, options: FitOptions) -> None:
+    head = encoder.head
+    if not head.needs_fitting and options.projection_dim is None:
+        raise EncoderConfigError(
+            f"nothing to fit: head {head.name!r} has no learned parameters; ask for a projection "
+            "(--dim N) or use a head that needs fitting (--head netvlad)"
+        )
+    if head.needs_fitting and not isinstance(head, NetVLAD):
+        raise EncoderConfigError(f"`cbir fit` does not know how to fit head {head.name!r}")
 
 
 def _feature_maps(

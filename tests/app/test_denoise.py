@@ -70,8 +70,9 @@ def test_a_collection_built_by_another_encoder_is_refused_with_the_fix(
         ):
             pass
         message = refused.value.detail
-        assert built_by in message
-        assert "cbir reindex" in message and "configure the encoder the collection was built with" in message
+        # Names the collection's model (fingerprint and file) and both ways out.
+        assert built_by in message and str(first) in message
+        assert "cbir reindex" in message and "configure" in message
     # The model it was built with still opens it.
     with TestClient(create_app(with_encoder(settings, f"dae:{first}"))) as client:
         assert client.get("/stats").json()["count"] == 1
@@ -135,3 +136,14 @@ def test_a_bad_encoder_setting_names_what_is_wrong(settings: Settings, tmp_path:
         TestClient(unknown_app),
     ):
         pass
+
+
+def test_a_relative_checkpoint_path_is_recorded_absolute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert (
+        Settings(encoder="dae:models/scans.pt").encoder == f"dae:{tmp_path.resolve() / 'models' / 'scans.pt'}"
+    )
+    assert Settings(encoder="backbone").encoder == "backbone"
+    assert Settings().encoder is None

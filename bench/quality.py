@@ -1,0 +1,393 @@
+"""Retrieval quality of every descriptor configuration cbir ships, on Corel-1K and CIFAR-10-test, in one run.
+
+One row per configuration: mAP and P@10 on Corel-1K (every image against the other 999, as `cbir evaluate`
+does), mAP and P@100 on CIFAR-10-test (the first 100 images of each class against the other 9,000, as
+../shared/datasets/README.md specifies), the descriptor's dimension, images/s and ms per query.
+
+How each number is made, so the table describes what the product does:
+- Images are decoded and resized exactly as uploads are (max side 320: CIFAR's 32x32 images are upscaled to
+  320x320, which is what the service does to a thumbnail). The backbone runs once per image and scale; every
+  head then pools the same feature maps, through the product's own Encoder, heads and projection.
+- NetVLAD and projections are fitted with `cbir fit`'s own code (app/services/fit.py, default options: a
+  seeded sample of at most 1,000 images, K = 8) on the images of the dataset itself, without its labels, as
+  a user fits on their collection; the "reference" rows fit on the *other* dataset instead.
+- Rankings go through the service's ranking function (app/services/reranking.py), re-ranking included where
+  the row says so; Corel's leave-one-out excludes each query from the database it is ranked against.
+- img/s is embedding throughput on Corel: backbone time at the row's scales plus its pooling, for all
+  images, divided into the image count (decoding, shared by every row, excluded). ms/query is the Corel
+  ranking time per query (search and re-ranking), the part that re-ranking makes dearer.
+
+    python bench/quality.py [--corel DIR] [--cifar DIR] [--cache DIR] [--no-cifar]
+
+--cache keeps the feature maps between runs (CIFAR's take ~2.6 GB), so that a rerun costs minutes, not the
+full embedding; a cached run reports the embedding times measured when the cache was made. The last line is
+JSON: {"rows": [{"config", "corel_mAP", "corel_P@10", "cifar_mAP", "cifar_P@100", "dim", "img_s",
+"query_ms"}, ...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.config import Settings  # noqa: E402
+from app.services.decoding import Prepared, list_files, load_files  # noqa: E402
+from app.services.evaluation import average_precisions, retrieval_metrics  # noqa: E402
+from app.services.fit import FitOptions, fit_parameters  # noqa: E402
+from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank  # noqa: E402
+from index import VectorIndex  # noqa: E402
+from models import build_encoder, to_tensor  # noqa: E402
+from models.encoder import Encoder  # noqa: E402
+from models.fitted import save_fitted  # noqa: E402
+
+DATASETS = ROOT.parent / "shared" / "datasets"
+SCALES = (1.0, 0.7071, 0.5)
+CIFAR_QUERIES_PER_CLASS = 100
+CIFAR_P_AT = 100
+
+
+@dataclass
+class Dataset:
+    name: str
+    labels: np.ndarray
+    maps: list[torch.Tensor]  # per image, (1, C, h, w) float16 at scale 1
+    multiscale: np.ndarray  # GAP over SCALES, as the multi-scale encoder makes it
+    multiscale_pool_s: float  # seconds that pooling took, all images
+    forward_s: dict[float, float]  # backbone seconds per scale, all images
+    cached: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Row:
+    config: str
+    dim: int
+    img_s: float | None
+    corel: tuple[float, float] | None = None  # mAP, P@10
+    cifar: tuple[float, float] | None = None  # mAP, P@100
+    query_ms: float | None = None
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(classes):
+        files = list_files(folder)
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return paths, np.array(labels)
+
+
+def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None) -> Dataset:
+    """Feature maps at scale 1 and multi-scale GAP vectors of every image; backbone seconds per scale."""
+    cache_file = cache / f"{name}-{root.resolve().as_posix().replace('/', '_')}.pt" if cache else None
+    if cache_file is not None and cache_file.exists():
+        saved = torch.load(cache_file)
+        return Dataset(
+            name,
+            saved["labels"],
+            saved["maps"],
+            saved["multiscale"],
+            saved["pool_s"],
+            saved["forward_s"],
+            True,
+        )
+    paths, labels = labelled_files(root)
+    per_scale = {scale: _encoder(settings, "gap", scales=(scale,)) for scale in SCALES}
+    multiscale_encoder = _encoder(settings, "gap", scales=SCALES)
+    forward_s = dict.fromkeys(SCALES, 0.0)
+    pool_s = 0.0
+    maps: dict[int, torch.Tensor] = {}
+    multiscale: dict[int, np.ndarray] = {}
+    pending: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    batch_size = per_scale[1.0].batch_size
+    started = time.perf_counter()
+
+    def run(group: list[tuple[int, torch.Tensor]]) -> None:
+        """Same-size pictures share a batch of the encoder's size, as Encoder.embed batches them."""
+        nonlocal pool_s
+        batch = torch.stack([tensor for _, tensor in group])
+        scale_maps = []
+        for scale, encoder in per_scale.items():
+            tick = time.perf_counter()
+            [fmap] = encoder.feature_maps(batch)
+            forward_s[scale] += time.perf_counter() - tick
+            scale_maps.append(fmap)
+        tick = time.perf_counter()
+        pooled = multiscale_encoder.pool_maps(scale_maps)
+        pool_s += time.perf_counter() - tick
+        for row, (position, _) in enumerate(group):
+            maps[position] = scale_maps[0][row : row + 1].to(torch.float16)
+            multiscale[position] = pooled[row]
+        if len(maps) // 500 != (len(maps) - len(group)) // 500:
+            rate = len(maps) / (time.perf_counter() - started)
+            print(f"  {name}: {len(maps)}/{len(paths)} images, {rate:.1f} img/s", file=sys.stderr)
+
+    loaded = load_files(
+        paths, max_side=settings.max_side, max_pixels=settings.max_pixels, workers=settings.workers
+    )
+    for position, item in enumerate(loaded):
+        if not isinstance(item, Prepared):
+            print(f"  skipped {item.path}: {item.reason}", file=sys.stderr)
+            continue
+        tensor = to_tensor(item.decoded.image, settings.max_side)
+        group = pending.setdefault(tuple(tensor.shape), [])
+        group.append((position, tensor))
+        if len(group) == batch_size:
+            run(pending.pop(tuple(tensor.shape)))
+    for group in pending.values():
+        run(group)
+    kept = sorted(maps)
+    data = Dataset(
+        name,
+        labels[kept],
+        [maps[i] for i in kept],
+        np.stack([multiscale[i] for i in kept]),
+        pool_s,
+        forward_s,
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "labels": data.labels,
+                "maps": data.maps,
+                "multiscale": data.multiscale,
+                "pool_s": pool_s,
+                "forward_s": forward_s,
+            },
+            cache_file,
+        )
+    return data
+
+
+def _encoder(settings: Settings, head: str, **kwargs: object) -> Encoder:
+    return build_encoder(
+        settings.backbone,
+        head,
+        weights=settings.weights,
+        max_side=settings.max_side,
+        device=settings.device,
+        require_fitted=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def pool(encoder: Encoder, data: Dataset) -> tuple[np.ndarray, float]:
+    """Vectors of every image from its scale-1 map, and the seconds the pooling (and projection) took."""
+    tick = time.perf_counter()
+    vectors = np.concatenate([encoder.pool_maps([fmap]) for fmap in data.maps])
+    return vectors, time.perf_counter() - tick
+
+
+def fitted_encoder(settings: Settings, on: Dataset, options: FitOptions, workdir: Path) -> Encoder:
+    """Fit like `cbir fit` on a seeded sample of `on`, write the file, and load it like `--fitted` does."""
+    encoder = _encoder(
+        settings, "netvlad", head_options={"clusters": options.clusters} if options.clusters else None
+    )
+    chosen = sorted(np.random.default_rng(options.seed).permutation(len(on))[: options.max_images].tolist())
+    params = fit_parameters(encoder, [[on.maps[i]] for i in chosen], options, source=f"{on.name} (bench)")
+    path = workdir / f"netvlad-{on.name}-{options.projection_dim}-{options.eigen_power}.safetensors"
+    save_fitted(params, path)
+    return _encoder(settings, "netvlad", fitted=path)
+
+
+def corel_figures(vectors: np.ndarray, data: Dataset, rerank: RerankOptions) -> tuple[float, float, float]:
+    """mAP, P@10 (what `cbir evaluate` computes) and ms per query of the ranking."""
+    tick = time.perf_counter()
+    mean_ap, precision = retrieval_metrics(vectors, data.labels, "bench", rerank)
+    return mean_ap, precision[10], (time.perf_counter() - tick) / len(vectors) * 1000
+
+
+def cifar_figures(vectors: np.ndarray, data: Dataset, rerank: RerankOptions) -> tuple[float, float]:
+    """The shared protocol: the first 100 of each class query the remaining 9,000; mAP over all, P@100."""
+    queries = np.concatenate(
+        [np.flatnonzero(data.labels == label)[:CIFAR_QUERIES_PER_CLASS] for label in np.unique(data.labels)]
+    )
+    database = np.setdiff1d(np.arange(len(data)), queries)
+    index = VectorIndex(vectors.shape[1], "bench")
+    index.add(database.astype(np.int64), vectors[database])
+    cache = NeighbourCache()
+    relevant = np.array([(data.labels[database] == data.labels[q]).sum() for q in queries])
+    aps, hits_at = [], 0
+    for start in range(0, len(queries), 100):
+        part = queries[start : start + 100]
+        _, ids = rank(index, vectors[part], len(database), rerank, cache=cache)
+        ranked = data.labels[ids]
+        hits = ranked == data.labels[part][:, None]
+        aps.append(average_precisions(ranked, data.labels[part], relevant[start : start + 100]))
+        hits_at += int(hits[:, :CIFAR_P_AT].sum())
+    return float(np.concatenate(aps).mean()), hits_at / (len(queries) * CIFAR_P_AT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corel", type=Path, default=DATASETS / "corel1k")
+    parser.add_argument("--cifar", type=Path, default=DATASETS / "cifar10-test")
+    parser.add_argument("--cache", type=Path, default=None, help="keep feature maps here between runs")
+    parser.add_argument(
+        "--no-cifar", action="store_true", help="Corel-1K only (CIFAR takes most of the time)"
+    )
+    args = parser.parse_args()
+
+    settings = Settings()
+    started = time.perf_counter()
+    corel = embed_dataset("corel", args.corel, settings, args.cache)
+    cifar = None if args.no_cifar else embed_dataset("cifar", args.cifar, settings, args.cache)
+    embedded = time.perf_counter() - started
+    datasets = [d for d in (corel, cifar) if d is not None]
+    configured = options_from_settings(settings)
+    # The service's re-ranking; when the environment turns it off, the options' own defaults.
+    default_rerank = configured if configured.active else RerankOptions()
+    off = RerankOptions.off()
+    rows: list[Row] = []
+    workdir = Path(tempfile.mkdtemp(prefix="cbir-quality-"))
+
+    def measure(
+        config: str,
+        make: Callable[[Dataset], tuple[np.ndarray, float]],
+        scales: Sequence[float] = (1.0,),
+        rerank: RerankOptions = off,
+    ) -> None:
+        row = Row(config=config, dim=0, img_s=None)
+        for data in datasets:
+            vectors, pool_s = make(data)
+            row.dim = vectors.shape[1]
+            if data is corel:
+                forward = sum(corel.forward_s[s] for s in scales)
+                row.img_s = len(corel) / (forward + pool_s)
+                mean_ap, p10, ms = corel_figures(vectors, corel, rerank)
+                row.corel, row.query_ms = (mean_ap, p10), ms
+            else:
+                row.cifar = cifar_figures(vectors, data, rerank)
+        rows.append(row)
+        print(f"  measured {config}", file=sys.stderr)
+
+    def headed(head: str, **kwargs: object) -> Callable[[Dataset], tuple[np.ndarray, float]]:
+        encoder = _encoder(settings, head, **kwargs)
+        return lambda data: pool(encoder, data)
+
+    def multiscale(data: Dataset) -> tuple[np.ndarray, float]:
+        return data.multiscale, data.multiscale_pool_s  # pooled while embedding, from all three maps
+
+    def netvlad(
+        options: FitOptions, reference: bool = False
+    ) -> Callable[[Dataset], tuple[np.ndarray, float]]:
+        def make(data: Dataset) -> tuple[np.ndarray, float]:
+            source = data
+            if reference:
+                others = [d for d in datasets if d is not data]
+                if not others:
+                    raise SystemExit("the reference rows need both datasets: drop --no-cifar")
+                source = others[0]
+            return pool(fitted_encoder(settings, source, options, workdir), data)
+
+        return make
+
+    k = FitOptions().clusters or 8
+    measure("GAP (off-the-shelf)", headed("gap"))
+    measure("GeM p=3", headed("gem"))
+    measure("SPP levels 1+2", headed("spp"))
+    measure("GAP multi-scale 1, 1/sqrt2, 1/2", multiscale, scales=SCALES)
+    measure(f"NetVLAD K={k} as initialised (k-means)", netvlad(FitOptions(clusters=k)))
+    measure(
+        f"NetVLAD K={k} + PCA-whitening 512",
+        netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=-0.5)),
+    )
+    if cifar is not None:
+        measure(
+            f"NetVLAD K={k} + PCA-whitening 512, fitted on the other dataset",
+            netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=-0.5), reference=True),
+        )
+    measure(f"NetVLAD K={k} + PCA 512", netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=0.0)))
+    rows.append(Row(config="fine-tuned", dim=0, img_s=None, note="not implemented (see README)"))
+    measure(f"GAP + re-ranking ({_describe(default_rerank)})", headed("gap"), rerank=default_rerank)
+    measure(
+        f"NetVLAD K={k} + PCA 512 + re-ranking",
+        netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=0.0)),
+        rerank=default_rerank,
+    )
+
+    print_table(rows, corel, cifar, embedded, time.perf_counter() - started)
+
+
+def _describe(options: RerankOptions) -> str:
+    return f"QE {options.query_expansion}, DBA {options.database_augmentation}, alpha {options.alpha:g}"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(
+    rows: list[Row], corel: Dataset, cifar: Dataset | None, embedded: float, total: float
+) -> None:
+    header = (
+        f"{'configuration':<62} {'Corel mAP':>9} {'P@10':>6} {'CIFAR mAP':>9} {'P@100':>6} "
+        f"{'dim':>6} {'img/s':>6} {'ms/q':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        corel_map, corel_p = row.corel or (None, None)
+        cifar_map, cifar_p = row.cifar or (None, None)
+        print(
+            f"{row.config:<62} {_fmt(corel_map):>9} {_fmt(corel_p):>6} {_fmt(cifar_map):>9} "
+            f"{_fmt(cifar_p):>6} {row.dim or '—':>6} {_fmt(row.img_s, 1):>6} {_fmt(row.query_ms, 2):>6}"
+            + (f"  {row.note}" if row.note else "")
+        )
+    sizes = f"Corel-1K {len(corel)} images" + (f", CIFAR-10-test {len(cifar)} images" if cifar else "")
+    cached = " (feature maps from the cache)" if corel.cached or (cifar is not None and cifar.cached) else ""
+    forward = ", ".join(f"scale {s:g}: {corel.forward_s[s]:.0f} s" for s in SCALES)
+    print(
+        f"{sizes}; embedding {embedded:.0f} s{cached}, whole run {total:.0f} s; Corel backbone time {forward}"
+    )
+    if cifar is not None:
+        cifar_forward = ", ".join(f"scale {s:g}: {cifar.forward_s[s]:.0f} s" for s in SCALES)
+        print(f"CIFAR backbone time (32x32 upscaled to the max side) {cifar_forward}")
+    print(
+        json.dumps(
+            {
+                "rows": [
+                    {
+                        "config": row.config,
+                        "corel_mAP": _round(row.corel[0] if row.corel else None),
+                        "corel_P@10": _round(row.corel[1] if row.corel else None),
+                        "cifar_mAP": _round(row.cifar[0] if row.cifar else None),
+                        "cifar_P@100": _round(row.cifar[1] if row.cifar else None),
+                        "dim": row.dim or None,
+                        "img_s": _round(row.img_s, 1),
+                        "query_ms": _round(row.query_ms, 2),
+                    }
+                    for row in rows
+                ]
+            }
+        )
+    )
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+if __name__ == "__main__":
+    main()
