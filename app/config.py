@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
     inference_workers: int = Field(default=1, ge=1, le=64, description="Inferences run at once by the API.")
+    # One waiting behind one running: on a saturated CPU every extra waiter adds a whole forward pass to the
+    # tail latency and nothing to throughput (bench/load.py, README "Under load").
     max_queue: int = Field(
-        default=4, ge=0, description="Requests waiting for inference before new ones get 503 + Retry-After."
+        default=1, ge=0, description="Requests waiting for inference before new ones get 503 + Retry-After."
     )
     queue_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for inference before 503.")
     shutdown_timeout_s: float = Field(

@@ -70,10 +70,14 @@ def _body(error: str, detail: object) -> dict[str, object]:
     return {"error": error, "detail": detail}
 
 
+def error_response(exc: CbirError) -> JSONResponse:
+    return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CbirError)
     async def _cbir(_: Request, exc: CbirError) -> JSONResponse:
-        return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,7 +15,7 @@ from app import observability
 from app.auth import authorize
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.errors import install_error_handlers
+from app.errors import error_response, install_error_handlers
 from app.routes import denoise, duplicates, health, images, pages, search, thumbnails
 from app.services.collection import Collection
 from app.services.keys import any_active
@@ -24,6 +24,8 @@ log = logging.getLogger("cbir")
 
 # Multipart framing around the file: a request this much above the upload limit cannot hold a valid upload.
 MULTIPART_SLACK = 64 * 1024
+# Requests that run the encoder, and so pass the inference gate.
+INFERENCE_PATHS = frozenset({"/search", "/images", "/denoise"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,6 +90,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 },
                 status_code=413,
             )
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def shed_load_early(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # A request that needs inference while the gate is full is refused before its body is read and
+        # parsed: under overload, each refusal must cost next to nothing, or refusing starves the forward
+        # passes of the very CPU they need (bench/load.py: 113 refusals/s cut answered searches to 2/s).
+        collection = request.app.state.collection
+        inference = request.method == "POST" and request.url.path in INFERENCE_PATHS
+        if inference and collection is not None and collection.gate.full:
+            return error_response(collection.gate.busy())
         return await call_next(request)
 
     app.include_router(images.router)

@@ -69,17 +69,32 @@ def start_server(
     raise SystemExit("the server did not become healthy within 120 s")
 
 
-async def one_search(client: httpx.AsyncClient, data: bytes) -> tuple[str, int, float]:
+Result = tuple[str, int, float, float]  # kind, status, milliseconds, Retry-After seconds (0 if none)
+
+
+def result(kind: str, response: httpx.Response, started: float) -> Result:
+    retry_after = float(response.headers.get("retry-after", 0) or 0)
+    return kind, response.status_code, (time.perf_counter() - started) * 1000, retry_after
+
+
+async def one_search(client: httpx.AsyncClient, data: bytes) -> Result:
     started = time.perf_counter()
     response = await client.post("/search", files={"file": ("q.jpg", data)}, data={"k": "10"})
-    return "search", response.status_code, (time.perf_counter() - started) * 1000
+    return result("search", response, started)
 
 
-async def one_upload(client: httpx.AsyncClient, data: bytes, tag: str) -> tuple[str, int, float]:
+async def one_upload(client: httpx.AsyncClient, data: bytes, tag: str) -> Result:
     started = time.perf_counter()
     # Bytes after the JPEG end marker: the same picture, new content, so a real insert each time.
     response = await client.post("/images", files={"file": (f"{tag}.jpg", data + tag.encode())})
-    return "upload", response.status_code, (time.perf_counter() - started) * 1000
+    return result("upload", response, started)
+
+
+def cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine since boot, from /proc/stat (Linux)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 async def unloaded(base: str, queries: list[bytes], count: int) -> list[float]:
@@ -90,8 +105,8 @@ async def unloaded(base: str, queries: list[bytes], count: int) -> list[float]:
 
 async def loaded(
     base: str, queries: list[bytes], clients: int, seconds: float, upload_share: float
-) -> tuple[list[tuple[str, int, float]], float]:
-    results: list[tuple[str, int, float]] = []
+) -> tuple[list[Result], float]:
+    results: list[Result] = []
     stop = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
@@ -107,7 +122,9 @@ async def loaded(
             results.append(result)
             sent += 1
             if result[1] == 503:
-                await asyncio.sleep(0.05)  # a polite client backs off a little before retrying
+                # As HTTP asks: come back after Retry-After, with jitter so that clients turned away
+                # together do not all return in the same instant.
+                await asyncio.sleep(result[3] * rng.uniform(0.5, 1.5))
 
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
@@ -136,17 +153,20 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         try:
             quiet = asyncio.run(unloaded(base, queries, 40))
+            busy_before, total_before = cpu_busy()
             results, elapsed = asyncio.run(
                 loaded(base, queries, args.clients, args.seconds, args.upload_share)
             )
+            busy_after, total_after = cpu_busy()
             stats = httpx.get(f"{base}/stats").json()
         finally:
             server.terminate()
             server.wait(60)
 
-    statuses = Counter(status for _, status, _ in results)
-    ok_search = [ms for kind, status, ms in results if kind == "search" and status == 200]
-    ok_upload = [ms for kind, status, ms in results if kind == "upload" and status in (200, 201)]
+    cpu = (busy_after - busy_before) / max(total_after - total_before, 1.0)
+    statuses = Counter(status for _, status, _, _ in results)
+    ok_search = [ms for kind, status, ms, _ in results if kind == "search" and status == 200]
+    ok_upload = [ms for kind, status, ms, _ in results if kind == "upload" and status in (200, 201)]
     errors_5xx = sum(count for status, count in statuses.items() if status >= 500 and status != 503)
     unloaded_p50 = percentile(quiet, 50)
     p50, p99 = percentile(ok_search, 50), percentile(ok_search, 99)
@@ -159,6 +179,7 @@ def main() -> None:
     answered = len(ok_search) + len(ok_upload)
     print(f"throughput       : {len(results) / elapsed:7.1f} requests/s, answered {answered}")
     print(f"statuses         : {dict(sorted(statuses.items()))}")
+    print(f"CPU busy         : {cpu:.0%} of {os.cpu_count()} cores, server and clients together")
     print(f"p99 / unloaded p50: {p99 / unloaded_p50:.2f}")
     print(
         json.dumps(
@@ -174,6 +195,7 @@ def main() -> None:
                 "errors_5xx": errors_5xx,
                 "status_503": statuses.get(503, 0),
                 "statuses": {str(k): v for k, v in sorted(statuses.items())},
+                "cpu_busy": round(cpu, 3),
             }
         )
     )

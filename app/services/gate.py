@@ -41,14 +41,22 @@ class InferenceGate:
     def running(self) -> int:
         return self._running
 
+    @property
+    def full(self) -> bool:
+        """Whether a bounded request arriving now would be turned away (a hint: ``slot`` decides)."""
+        return self._running + self._waiting >= self.concurrency + self.max_waiting
+
+    def busy(self) -> ServiceBusyError:
+        return ServiceBusyError(
+            f"the service is busy ({self._running} inferences running, {self._waiting} waiting): "
+            "retry in a moment"
+        )
+
     @contextmanager
     def slot(self, *, bounded: bool = True) -> Iterator[None]:
         with self._lock:
-            if bounded and self._running + self._waiting >= self.concurrency + self.max_waiting:
-                raise ServiceBusyError(
-                    f"the service is busy ({self._running} inferences running, {self._waiting} waiting): "
-                    "retry in a moment"
-                )
+            if bounded and self.full:
+                raise self.busy()
             self._waiting += 1
         acquired = self._slots.acquire(timeout=self.timeout if bounded else None)
         with self._lock:

@@ -60,3 +60,14 @@ def test_api_answers_503_with_retry_after_then_recovers(settings: Settings) -> N
             assert response.json()["error"] == "busy"
         assert client.get("/stats").json()["count"] == 0
         assert client.post("/images", files={"file": ("a.jpg", image_bytes(1))}).status_code == 201
+
+
+def test_a_full_gate_refuses_before_reading_the_body(settings: Settings) -> None:
+    busy = settings.model_copy(update={"max_queue": 0})
+    with TestClient(create_app(busy)) as client:
+        gate: InferenceGate = client.app.state.collection.gate  # type: ignore[attr-defined]
+        with gate.slot(bounded=False):
+            # Not even multipart: parsed, this body would be a 422; refused unread, it is a 503.
+            refused = client.post("/search", content=b"x" * 1000, headers={"content-type": "text/plain"})
+        assert refused.status_code == 503 and refused.json()["error"] == "busy"
+        assert client.post("/search", content=b"x", headers={"content-type": "text/plain"}).status_code == 422
