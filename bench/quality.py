@@ -99,7 +99,8 @@ def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None)
     """Feature maps at scale 1 and multi-scale GAP vectors of every image; backbone seconds per scale."""
     cache_file = cache / f"{name}-{root.resolve().as_posix().replace('/', '_')}.pt" if cache else None
     if cache_file is not None and cache_file.exists():
-        saved = torch.load(cache_file)
+        # The bench's own cache, in a folder the user named: it holds numpy arrays, so not weights-only.
+        saved = torch.load(cache_file, weights_only=False)
         return Dataset(
             name,
             saved["labels"],
