@@ -12,7 +12,7 @@ IMAGE    ?= cbir:local
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -67,10 +67,10 @@ Head = Annotated[str | None, typer.Option("--head", help="Pooling head: gap, gem
 Weights = Annotated[Path | None, typer.Option("--weights", help="Backbone weights file [env CBIR_WEIGHTS].")]
 MaxSide = Annotated[int | None, typer.Option("--max-side", help="Resize images to this long side [320].")]
 BatchSize = Annotated[
-    int | None, typer.Option("--batch-size", help="Images per forward pass [4 on CPU, 32 on CUDA].")
+    int | None, typer.Option("--batch-size", help="Images per forward pass [4 on CPU, 256 on CUDA].")
 ]
 Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [auto].")]
-Workers = Annotated[int | None, typer.Option("--workers", help="Threads decoding images [2].")]
+Workers = Annotated[int | None, typer.Option("--workers", help="Processes decoding images [2].")]
 Fitted = Annotated[
     Path | None, typer.Option("--fitted", help="Parameters from `cbir fit` [env CBIR_FITTED; none].")
 ]
@@ -180,10 +180,35 @@ def serve(
 
 @app.command("index")
 def index_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder of images, walked recursively.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A folder (walked recursively), a glob pattern ('photos/**/*.jpg', quoted), or a manifest: "
+            "CSV or JSON Lines (.csv, .jsonl) with a path column; its other columns become metadata."
+        ),
+    ],
     copy: Annotated[
         bool, typer.Option("--copy/--no-copy", help="Copy files into the data directory, or reference them.")
     ] = True,
+    path_column: Annotated[str, typer.Option(help="The manifest's column of file paths.")] = "path",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Embed on a Ray cluster: its address (auto, HOST:6379, ray://HOST:10001), or 'local' to "
+            "start Ray here. Needs Ray Data: the ray extra of cbir (README, A Ray cluster).",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option(help="--ray: encoder actors (default one per GPU, else per CPU).", min=1)
+    ] = None,
+    gpu_decode: Annotated[
+        bool | None,
+        typer.Option("--gpu-decode/--no-gpu-decode", help="On CUDA, decode JPEGs on the GPU (default on)."),
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the backbone (default off).")
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     encoder: EncoderSpec = None,
@@ -198,15 +223,30 @@ def index_cmd(
     workers: Workers = None,
     commit_every: Annotated[int | None, typer.Option(help="Save the index every N images.")] = None,
 ) -> None:
-    """Add every image under DIRECTORY to the collection; skips (and counts) duplicates and non-images."""
+    """Add every image of SOURCE to the collection; skips (and counts) duplicates and non-images."""
+    from app.services.sources import resolve_source
+
     with friendly_errors():
         settings = make_settings(locals())
-        if not directory.is_dir():
-            raise NotADirectoryError(f"{directory} is not a directory")
+        listing = resolve_source(source, path_column=path_column)
         collection = open_collection(settings)
-        paths = bulk.list_files(directory)
-        with progress_bar("indexing", len(paths)) as update:
-            report = bulk.index_files(collection, paths, copy_files=copy, on_progress=update)
+        with progress_bar("indexing", len(listing.items)) as update:
+            if ray_address is not None:
+                from app.services.distributed import index_with_ray
+
+                report = index_with_ray(
+                    collection,
+                    listing.items,
+                    address=ray_address,
+                    copy_files=copy,
+                    on_progress=update,
+                    skipped=listing.skipped,
+                    actors=ray_actors,
+                )
+            else:
+                report = bulk.index_files(
+                    collection, listing.items, copy_files=copy, on_progress=update, skipped=listing.skipped
+                )
         collection.close()
         console.print(
             f"added {report.added}, duplicates {report.duplicates}, skipped {len(report.skipped)} "
@@ -229,6 +269,16 @@ def search(
     ] = None,
     query_expansion: QueryExpansion = None,
     database_augmentation: DatabaseAugmentation = None,
+    nprobe: Annotated[
+        int | None,
+        typer.Option("--nprobe", min=1, max=65536, help="IVF: cells scanned [env CBIR_NPROBE; the index's]."),
+    ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(
+            "--ef-search", min=1, max=4096, help="HNSW: candidate list [env CBIR_EF_SEARCH; the index's]."
+        ),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     encoder: EncoderSpec = None,
@@ -538,6 +588,38 @@ def file_progress(description: str) -> Iterator[Callable[[int, int], None]]:
             progress.update(task, completed=done, total=total)
 
         yield update
+
+
+IndexTypeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--type",
+        help="auto, flat, ivf_flat, ivf_pq or hnsw [env CBIR_INDEX_TYPE; auto: by size and memory budget].",
+    ),
+]
+
+
+@app.command("index-build")
+def index_build(
+    index_type: IndexTypeOption = None,
+    index_memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="Memory budget for the auto choice [8192].", min=16)
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Rebuild the vector index from the vectors stored in the database, without re-embedding: picks the
+    type, trains it on a sample, swaps the file atomically. A running service picks the new file up."""
+    from app.services.index_build import rebuild_index
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        with file_progress("building index") as update:
+            report = rebuild_index(settings, on_progress=update)
+        console.print(
+            f"built {report.spec.describe()} with {report.count} vectors in {report.seconds:.1f} s "
+            f"(was {report.previous or 'no index'}); saved to {report.path}"
+        )
 
 
 @app.command()

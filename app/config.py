@@ -58,6 +58,24 @@ class Settings(BaseSettings):
     duplicate_threshold: float = Field(
         default=0.9, gt=0, le=1, description="Cosine similarity from which two images are near-duplicates."
     )
+    # Vector index (index/factory.py; README "Index types"). auto: Flat while exact search is fast enough,
+    # then IVF-Flat while the vectors fit the memory budget, else IVF-PQ.
+    index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = Field(
+        default="auto",
+        description="auto, flat, ivf_flat, ivf_pq or hnsw; `cbir index-build` applies a change.",
+    )
+    index_memory_mb: int = Field(
+        default=8192, ge=16, description="Memory budget of the index for the auto choice (IVF-PQ beyond it)."
+    )
+    nprobe: int | None = Field(
+        default=None, ge=1, le=65536, description="IVF cells scanned per query [the index's default, 16]."
+    )
+    ef_search: int | None = Field(
+        default=None, ge=1, le=4096, description="HNSW candidate list per query [the index's default, 128]."
+    )
+    search_threads: int = Field(
+        default=1, ge=1, le=256, description="FAISS threads per search request (one query each)."
+    )
     batch_size: int | None = Field(
         default=None,
         ge=1,
@@ -67,7 +85,15 @@ class Settings(BaseSettings):
     commit_every: int = Field(
         default=256, ge=1, description="Bulk job: commit database and index every N images."
     )
-    workers: int = Field(default=2, ge=1, le=64, description="Bulk job: threads decoding images.")
+    workers: int = Field(
+        default=2, ge=1, le=64, description="Bulk job: processes reading and decoding images (one per core)."
+    )
+    gpu_decode: bool = Field(
+        default=True, description="Bulk job on CUDA: decode JPEGs on the GPU (nvJPEG); others on the CPU."
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the backbone: faster long GPU jobs, slower start."
+    )
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
     inference_workers: int = Field(default=1, ge=1, le=64, description="Inferences run at once by the API.")

@@ -31,4 +31,5 @@ def encoder_from_settings(settings: Settings) -> ImageEncoder:
         batch_size=settings.batch_size,
         scales=parse_scales(settings.scales),
         fitted=settings.fitted,
+        compile_model=settings.compile,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 PENDING_PREFIX = ".pending-"
@@ -62,8 +63,10 @@ class FileStore:
         ext = EXTENSIONS.get(fmt.upper(), fmt.lower() or "bin")
         return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.{ext}"
 
-    def stage(self, sha256: str, fmt: str, data: bytes) -> Path | None:
-        """Write data durably under a pending name; None when the final file is already there."""
+    def stage(self, sha256: str, fmt: str, data: bytes, *, sync: bool = True) -> Path | None:
+        """Write data durably under a pending name; None when the final file is already there.
+
+        sync=False leaves the flush to the caller (stage_many flushes a whole batch at once)."""
         target = self.path_for(sha256, fmt)
         if target.exists() and target.stat().st_size == len(data):
             return None
@@ -74,7 +77,8 @@ class FileStore:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
@@ -88,6 +92,23 @@ class FileStore:
         os.replace(staged, target)
         _fsync_dir(target.parent)
         return target
+
+    def stage_many(self, entries: Sequence[tuple[str, str, bytes]], pool: Executor) -> list[Path]:
+        """stage() for a bulk job's batch of (sha256, format, data): written side by side, then made durable
+        by one os.sync() instead of an fsync each. On a virtual disk each fsync is a device flush that
+        waits for the previous one: one per file held a GPU host's job to 1,400 img/s (README)."""
+        staged = [p for p in pool.map(lambda entry: self.stage(*entry, sync=False), entries) if p is not None]
+        if staged:
+            os.sync()
+        return staged
+
+    def publish_many(self, staged: Sequence[Path]) -> None:
+        """publish() for a batch: the renames, then one os.sync() for all their directories."""
+        for path in staged:
+            sha256 = path.name[len(PENDING_PREFIX) :].split("-")[1]
+            os.replace(path, path.parent / f"{sha256}{path.suffix}")
+        if staged:
+            os.sync()
 
     def discard(self, staged: Path) -> None:
         with contextlib.suppress(FileNotFoundError):

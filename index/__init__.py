@@ -4,6 +4,17 @@ Takes and returns float32 numpy arrays and int64 ids only, so that it knows noth
 """
 
 from index.errors import IndexFileError, IndexMismatchError, VectorIndexError
-from index.store import FORMAT_VERSION, VectorIndex
+from index.factory import AUTO, INDEX_TYPES, IndexSpec
+from index.store import FORMAT_VERSION, SearchParams, VectorIndex
 
-__all__ = ["FORMAT_VERSION", "IndexFileError", "IndexMismatchError", "VectorIndex", "VectorIndexError"]
+__all__ = [
+    "AUTO",
+    "FORMAT_VERSION",
+    "INDEX_TYPES",
+    "IndexFileError",
+    "IndexMismatchError",
+    "IndexSpec",
+    "SearchParams",
+    "VectorIndex",
+    "VectorIndexError",
+]

@@ -1,19 +1,27 @@
 """VectorIndex: the id <-> vector store behind search, and its on-disk file.
 
-File format (version 1), one file so that the index and the facts needed to trust it can never disagree::
+File format (version 2; version 1 files, Flat only, are still read), one file so that the index and the
+facts needed to trust it can never disagree::
 
     offset 0        8 bytes   magic b"CBIRVIDX"
     offset 8        4 bytes   header length H, unsigned little-endian
     offset 12       H bytes   header, UTF-8 JSON object:
-                                format_version  int   (1)
+                                format_version  int   (2)
                                 dim             int   vector dimension
                                 fingerprint     str   encoder fingerprint that produced the vectors
-                                description     str   faiss index_factory string of the inner index
-                                ntotal          int   number of vectors
+                                index_type      str   flat, ivf_flat, ivf_pq or hnsw (absent: flat)
+                                params          obj   the type's build and default search parameters
+                                build_id        str   new for every index built from scratch; kept by saves
+                                description     str   faiss index_factory string (informational)
+                                ntotal          int   number of (live) vectors
+                                stored          int   vectors FAISS holds, removed HNSW entries included
                                 payload_nbytes  int   length of the payload
                                 payload_crc32   int   zlib.crc32 of the payload
                                 faiss_version   str   informational only
-    offset 12 + H   payload   faiss.serialize_index() of the IndexIDMap2, payload_nbytes long, then EOF
+    offset 12 + H   payload   faiss.serialize_index() of the index, payload_nbytes long, then EOF
+
+The payload is an IndexIDMap2 for flat and hnsw, the IVF index itself (ids stored in its lists, hashtable
+direct map) for ivf_flat and ivf_pq.
 
 The header is read and checked (version, dim, fingerprint) before the payload, so a mismatched index fails
 in milliseconds whatever its size. The CRC is checked before FAISS sees the payload because FAISS's reader
@@ -30,8 +38,10 @@ import re
 import struct
 import tempfile
 import threading
+import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,10 +50,13 @@ import numpy as np
 import numpy.typing as npt
 
 from index.errors import IndexFileError, IndexMismatchError, VectorIndexError
+from index.factory import IndexSpec, build_faiss_index
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "VectorIndex"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "SearchParams", "VectorIndex"]
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+_READABLE_VERSIONS: Final = (1, 2)
+_INT64_MAX: Final = 2**63 - 1
 MAGIC: Final = b"CBIRVIDX"
 _HEADER_LEN: Final = struct.Struct("<I")
 _PREFIX_LEN: Final = len(MAGIC) + _HEADER_LEN.size
@@ -53,15 +66,43 @@ _MAX_HEADER_BYTES: Final = 1 << 20
 # backup job running as another user; an existing file's mode is kept instead.
 _NEW_FILE_MODE: Final = 0o644
 
+# The faiss stubs lack parts of the API used here (search parameters, DirectMap): reach them untyped.
+_faiss: Any = faiss
+
 Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]
 
 
-class VectorIndex:
-    """Inner-product FAISS index wrapped in IndexIDMap2; ids are the database row ids.
+class SearchParams:
+    """Search-time parameters of one request; None keeps the index's defaults (its spec's).
 
-    IndexIDMap2 rather than IndexIDMap because its reverse map (id -> position) is what makes
-    ``reconstruct`` by id possible.
+    nprobe applies to IVF indexes (cells scanned), ef_search to HNSW (candidate list length); each is
+    ignored by the other types, so a client need not know which type the service runs.
+    """
+
+    __slots__ = ("ef_search", "nprobe")
+
+    def __init__(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+
+    def __repr__(self) -> str:
+        return f"SearchParams(nprobe={self.nprobe!r}, ef_search={self.ef_search!r})"
+
+
+class VectorIndex:
+    """Inner-product FAISS index keyed by the database row ids, of one of the types in ``index/factory.py``.
+
+    Flat and HNSW sit in an IndexIDMap2 rather than an IndexIDMap because its reverse map (id -> position) is
+    what makes ``reconstruct`` by id possible. IVF indexes store the ids in their lists and get a hashtable
+    direct map for the same purpose (and for removal by arbitrary id).
+
+    HNSW cannot remove a node from its graph, so ``remove`` turns the id's slot into a tombstone (id -1 in
+    the IDMap2's map): searches pass a selector that skips it, ``ids``/``reconstruct``/``ntotal`` no longer
+    see it, and the vector's memory is reclaimed when the index is rebuilt (`cbir index-build`).
 
     Thread-safety: every method that touches the FAISS index holds ``self._lock``. FAISS allows concurrent
     *searches* but not a search concurrent with ``add``/``remove`` (they reallocate the storage being
@@ -73,37 +114,39 @@ class VectorIndex:
 
     dim: int
     fingerprint: str
-    description: str
+    spec: IndexSpec
+    build_id: str
+    # OpenMP threads a search uses (None: FAISS's default, every core). The service sets 1: a request
+    # searches one query, and on a small shared CPU a second thread mostly waits (bench/ann.py).
+    search_threads: int | None = None
 
-    def __init__(self, dim: int, fingerprint: str, description: str = "Flat") -> None:
+    def __init__(self, dim: int, fingerprint: str, spec: IndexSpec | None = None) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if not isinstance(fingerprint, str) or not fingerprint:
             # An empty fingerprint would make every encoder look compatible with every index.
             raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
-        if description.replace(" ", "").upper().startswith("IDMAP"):
-            raise ValueError(
-                f"description {description!r} must describe the inner index only: "
-                "VectorIndex adds the IDMap2 wrapper itself"
-            )
-        try:
-            inner = faiss.index_factory(int(dim), description, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"description {description!r} is not a valid faiss index_factory string: {_first_line(exc)}"
-            ) from exc
-        # The faiss Python wrapper keeps a reference from the IDMap to `inner`, so its lifetime is tied to it.
-        self._setup(faiss.IndexIDMap2(inner), int(dim), fingerprint, description)
+        spec = spec if spec is not None else IndexSpec()
+        if not isinstance(spec, IndexSpec):
+            raise ValueError(f"spec must be an IndexSpec (index/factory.py), got {spec!r}")
+        self._setup(build_faiss_index(spec, int(dim)), int(dim), fingerprint, spec, uuid.uuid4().hex)
 
-    def _setup(self, index: Any, dim: int, fingerprint: str, description: str) -> None:
+    def _setup(self, index: Any, dim: int, fingerprint: str, spec: IndexSpec, build_id: str) -> None:
         """Shared by ``__init__`` and ``load``, which gets its FAISS index from a file instead."""
         self.dim = dim
         self.fingerprint = fingerprint
-        self.description = description
+        self.spec = spec
+        self.build_id = build_id
         self._index = index
-        # Mirrors index.id_map: FAISS's reverse map is not reachable from Python, and the duplicate check in
-        # add() and __contains__ must not scan every id.
-        self._id_set: set[int] = set(faiss.vector_to_array(index.id_map).tolist())
+        stored = _stored_ids(index)
+        # FAISS's reverse maps are not reachable from Python, and the duplicate check in add() and
+        # __contains__ must not scan every id. Tombstones (-1, HNSW) are not ids.
+        self._id_set: set[int] = set(stored[stored >= 0].tolist())
+        self._tombstones = int((stored < 0).sum())
+        ivf = faiss.try_extract_index_ivf(index)
+        self._hnsw_quantizer = ivf is not None and isinstance(
+            faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW
+        )
         self._lock = threading.RLock()
         # Held for the whole of save(), so that concurrent saves reach os.replace in snapshot order and an
         # older snapshot can never overwrite a newer one; self._lock is only held while serialising.
@@ -115,8 +158,22 @@ class VectorIndex:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(dim={self.dim}, fingerprint={self.fingerprint!r}, "
-            f"description={self.description!r}, ntotal={self.ntotal})"
+            f"spec={self.spec.describe()!r}, ntotal={self.ntotal})"
         )
+
+    @property
+    def description(self) -> str:
+        """The faiss index_factory string of the index (``Flat``, ``IVF4000_HNSW32,Flat``, …)."""
+        return self.spec.description()
+
+    @property
+    def index_type(self) -> str:
+        return self.spec.type
+
+    @property
+    def is_trained(self) -> bool:
+        with self._lock:
+            return bool(self._index.is_trained)
 
     @property
     def version(self) -> int:
@@ -126,13 +183,40 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
+        """Vectors that searches can find (removed HNSW entries excluded)."""
         with self._lock:
-            return int(self._index.ntotal)
+            return len(self._id_set)
+
+    @property
+    def tombstones(self) -> int:
+        """HNSW slots of removed ids, still in memory until the index is rebuilt; 0 for the other types."""
+        with self._lock:
+            return self._tombstones
 
     def __len__(self) -> int:
         return self.ntotal
 
     # ------------------------------------------------------------------ mutation
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train an IVF index (k-means cells, PQ codebooks) on a sample of the vectors it will hold.
+
+        The sample should look like the collection (a uniform sample of it): cells trained on other data
+        are unevenly filled and searches then scan too much or miss. A no-op for flat and hnsw.
+        """
+        if not self.spec.needs_training:
+            return
+        arr = _as_matrix(sample, self.dim, "sample", n=None)
+        if len(arr) < self.spec.nlist:
+            raise ValueError(
+                f"training {self.spec.describe()} needs at least nlist={self.spec.nlist} vectors, "
+                f"got {len(arr)}"
+            )
+        with self._lock:
+            if self._index.ntotal:
+                raise VectorIndexError("the index already holds vectors: train a new one instead")
+            self._index.train(arr)
+            self._version += 1
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under caller-chosen ids.
@@ -161,7 +245,7 @@ class VectorIndex:
                 )
             if not self._index.is_trained:
                 raise VectorIndexError(
-                    f"the {self.description!r} index must be trained before vectors can be added"
+                    f"the {self.spec.describe()} index must be trained before vectors can be added"
                 )
             self._index.add_with_ids(vec_arr, id_arr)
             self._id_set.update(id_arr.tolist())
@@ -174,18 +258,53 @@ class VectorIndex:
             known = sorted({i for i in id_arr.tolist() if i in self._id_set})
             if not known:
                 return 0
-            removed = int(self._index.remove_ids(np.asarray(known, dtype=np.int64)))
+            if self.spec.type == "hnsw":
+                removed = self._tombstone(known)
+            else:
+                removed = int(self._index.remove_ids(np.asarray(known, dtype=np.int64)))
             self._id_set.difference_update(known)
             self._version += 1
             return removed
 
+    def _tombstone(self, known: list[int]) -> int:
+        """HNSW: hide the ids' slots (see the class docstring); the caller holds the lock."""
+        id_map = faiss.vector_to_array(self._index.id_map)
+        hit = np.isin(id_map, np.asarray(known, dtype=np.int64))
+        id_map[hit] = -1
+        faiss.copy_array_to_vector(id_map, self._index.id_map)
+        self._index.construct_rev_map()
+        self._tombstones += int(hit.sum())
+        return len(known)
+
     # ------------------------------------------------------------------ queries
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[Float32Array, Int64Array]:
+    def _faiss_params(self, params: SearchParams | None) -> Any:
+        """FAISS search parameters for this type (None for flat without tombstones)."""
+        params = params or SearchParams()
+        if self.spec.is_ivf:
+            nprobe = params.nprobe or self.spec.nprobe
+            out = _faiss.SearchParametersIVF(nprobe=nprobe)
+            if self._hnsw_quantizer:
+                # The cells come from a graph walk over the centroids: its candidate list must be well beyond
+                # nprobe or cells are missed. (Adds keep FAISS's short default: one cell per vector.)
+                out.quantizer_params = _faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
+            return out
+        if self.spec.type == "hnsw":
+            out = _faiss.SearchParametersHNSW(efSearch=params.ef_search or self.spec.ef_search)
+            if self._tombstones:
+                # Only non-negative ids are members: the tombstones (-1) are skipped during the graph walk.
+                out.sel = faiss.IDSelectorRange(0, _INT64_MAX)
+            return out
+        return None
+
+    def search(
+        self, queries: np.ndarray, k: int, params: SearchParams | None = None
+    ) -> tuple[Float32Array, Int64Array]:
         """Top-k by inner product (cosine similarity for the L2-normalised vectors the encoders produce).
 
         k is clipped to ntotal so that a small collection returns what it has instead of FAISS's padding of
-        id -1; an empty index returns (Q, 0) arrays for the same reason.
+        id -1; an empty index returns (Q, 0) arrays for the same reason. An approximate index may still pad
+        a row with -1 (score -inf) when the cells or graph nodes it visits hold fewer than k vectors.
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
@@ -193,37 +312,50 @@ class VectorIndex:
         if q.ndim == 1:
             q = q.reshape(1, -1)
         q = _as_matrix(q, self.dim, "queries", n=None, original=queries)
-        with self._lock:
-            ntotal = int(self._index.ntotal)
+        with self._lock, _omp_threads(self.search_threads):
+            ntotal = len(self._id_set)
             if ntotal == 0:
                 return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
-            scores, found = self._index.search(q, min(int(k), ntotal))
-        return np.asarray(scores, dtype=np.float32), np.asarray(found, dtype=np.int64)
+            faiss_params = self._faiss_params(params)
+            scores, found = self._index.search(q, min(int(k), ntotal), params=faiss_params)
+        scores = np.asarray(scores, dtype=np.float32)
+        found = np.asarray(found, dtype=np.int64)
+        scores[found < 0] = -np.inf
+        return scores, found
 
-    def range_search(self, queries: np.ndarray, threshold: float) -> list[tuple[Float32Array, Int64Array]]:
-        """Per query, every stored vector with inner product >= threshold, best first: (scores, ids)."""
+    def range_search(
+        self, queries: np.ndarray, threshold: float, params: SearchParams | None = None
+    ) -> list[tuple[Float32Array, Int64Array]]:
+        """Per query, every stored vector with inner product >= threshold, best first: (scores, ids).
+
+        Exhaustive for flat; an IVF looks in its nprobe cells only and HNSW along its graph walk, so they
+        can miss vectors (the near-duplicate report then finds fewer pairs, never false ones).
+        """
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q.reshape(1, -1)
         q = _as_matrix(q, self.dim, "queries", n=None, original=queries)
-        with self._lock:
-            if int(self._index.ntotal) == 0:
+        with self._lock, _omp_threads(self.search_threads):
+            if not self._id_set:
                 return [(np.empty(0, np.float32), np.empty(0, np.int64)) for _ in range(len(q))]
             # FAISS keeps results strictly above its radius for inner product; nextafter makes it ">=".
             radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))
-            limits, scores, found = self._index.range_search(q, radius)
+            faiss_params = self._faiss_params(params)
+            limits, scores, found = self._index.range_search(q, radius, params=faiss_params)
         out = []
         for row in range(len(q)):
             row_scores = np.asarray(scores[limits[row] : limits[row + 1]], dtype=np.float32)
             row_ids = np.asarray(found[limits[row] : limits[row + 1]], dtype=np.int64)
+            keep = row_ids >= 0
+            row_scores, row_ids = row_scores[keep], row_ids[keep]
             order = np.argsort(-row_scores, kind="stable")
             out.append((row_scores[order], row_ids[order]))
         return out
 
     def ids(self) -> Int64Array:
         with self._lock:
-            stored = faiss.vector_to_array(self._index.id_map)
-        return np.sort(stored.astype(np.int64, copy=False))
+            stored = np.fromiter(self._id_set, dtype=np.int64, count=len(self._id_set))
+        return np.sort(stored)
 
     def __contains__(self, image_id: object) -> bool:
         if isinstance(image_id, bool) or not isinstance(image_id, int | np.integer):
@@ -232,7 +364,11 @@ class VectorIndex:
             return int(image_id) in self._id_set
 
     def reconstruct_batch(self, ids: np.ndarray | Sequence[int]) -> Float32Array:
-        """(N, dim) stored vectors of ids, in order; KeyError naming the first unknown id."""
+        """(N, dim) stored vectors of ids, in order; KeyError naming the first unknown id.
+
+        Exact for flat, ivf_flat and hnsw; ivf_pq returns its compressed approximation (within a few
+        hundredths of cosine of the original), which is what its searches score with too.
+        """
         id_arr = _as_id_array(ids, "ids")
         if id_arr.shape[0] == 0:
             return np.empty((0, self.dim), np.float32)
@@ -249,7 +385,28 @@ class VectorIndex:
                 raise KeyError(image_id)
             return np.asarray(self._index.reconstruct(int(image_id)), dtype=np.float32)
 
+    def memory_bytes(self) -> int:
+        """Bytes the index's arrays hold (vectors or codes, ids, graph links, centroids), without copying."""
+        with self._lock:
+            return _memory_bytes(self._index)
+
     # ------------------------------------------------------------------ persistence
+
+    def header(self) -> dict[str, Any]:
+        """What the file's header says of this index (without the payload fields)."""
+        with self._lock:
+            return {
+                "format_version": FORMAT_VERSION,
+                "dim": self.dim,
+                "fingerprint": self.fingerprint,
+                "index_type": self.spec.type,
+                "params": self.spec.params(),
+                "build_id": self.build_id,
+                "description": self.spec.description(),
+                "ntotal": len(self._id_set),
+                "stored": int(self._index.ntotal),
+                "faiss_version": faiss.__version__,
+            }
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash at any moment leaves the previous file or the new one, never a mix.
@@ -262,19 +419,23 @@ class VectorIndex:
         with self._save_lock:
             with self._lock:
                 payload = faiss.serialize_index(self._index)
-                ntotal = int(self._index.ntotal)
-            header = {
-                "format_version": FORMAT_VERSION,
-                "dim": self.dim,
-                "fingerprint": self.fingerprint,
-                "description": self.description,
-                "ntotal": ntotal,
-                "payload_nbytes": int(payload.nbytes),
-                "payload_crc32": zlib.crc32(payload.data),
-                "faiss_version": faiss.__version__,
-            }
+                header = self.header()
+            header["payload_nbytes"] = int(payload.nbytes)
+            header["payload_crc32"] = zlib.crc32(payload.data)
             header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
             _atomic_write(path, [MAGIC, _HEADER_LEN.pack(len(header_bytes)), header_bytes, payload.data])
+
+    @staticmethod
+    def read_header(path: Path) -> dict[str, Any]:
+        """The checked header of an index file, without reading the payload (milliseconds at any size)."""
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                return _read_header(f, path)
+        except FileNotFoundError as exc:
+            raise IndexFileError(path, "the file does not exist") from exc
+        except OSError as exc:
+            raise IndexFileError(path, f"the file cannot be read ({exc.strerror or exc})") from exc
 
     @classmethod
     def load(cls, path: Path, *, dim: int, fingerprint: str) -> VectorIndex:
@@ -298,20 +459,71 @@ class VectorIndex:
             raise IndexFileError(path, f"the file cannot be read ({exc.strerror or exc})") from exc
         index = _deserialize(payload, path, header)
         self = cls.__new__(cls)
-        self._setup(index, header["dim"], header["fingerprint"], header["description"])
-        if len(self._id_set) != header["ntotal"]:
+        self._setup(index, header["dim"], header["fingerprint"], header["spec"], header["build_id"])
+        if int(index.ntotal) - self._tombstones != len(self._id_set):
             raise IndexFileError(path, "the file is corrupt (the stored index holds duplicate ids)")
+        if len(self._id_set) != header["ntotal"]:
+            raise IndexFileError(
+                path,
+                f"the file is corrupt (header says {header['ntotal']} vectors, the index holds "
+                f"{len(self._id_set)})",
+            )
         return self
 
     @classmethod
     def open_or_create(
-        cls, path: Path, *, dim: int, fingerprint: str, description: str = "Flat"
+        cls, path: Path, *, dim: int, fingerprint: str, spec: IndexSpec | None = None
     ) -> VectorIndex:
-        """The service's startup path: ``description`` only applies when no file exists yet."""
+        """The service's startup path: ``spec`` only applies when no file exists yet."""
         path = Path(path)
         if not path.exists():
-            return cls(dim, fingerprint, description)
+            return cls(dim, fingerprint, spec)
         return cls.load(path, dim=dim, fingerprint=fingerprint)
+
+
+@contextmanager
+def _omp_threads(n: int | None) -> Iterator[None]:
+    """OpenMP threads for the calling thread only (OpenMP keeps the setting per thread), then restored."""
+    if n is None:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _memory_bytes(index: Any) -> int:
+    if isinstance(index, faiss.IndexIDMap2):
+        ids = int(index.id_map.size()) * 8 * 3  # the map, and the reverse hash map (~2 words a slot)
+        return ids + _memory_bytes(faiss.downcast_index(index.index))
+    if isinstance(index, faiss.IndexHNSW):
+        hnsw: Any = index.hnsw
+        links = int(hnsw.neighbors.size()) * 4 + int(hnsw.levels.size()) * 4
+        return links + _memory_bytes(faiss.downcast_index(index.storage))
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        invlists: Any = ivf.invlists
+        stored = sum(invlists.list_size(cell) for cell in range(invlists.nlist))
+        direct_map = stored * 8 * 2  # hashtable id -> (list, offset)
+        quantizer = _memory_bytes(faiss.downcast_index(ivf.quantizer))
+        return int(stored * (ivf.code_size + 8) + direct_map + quantizer)
+    return int(index.ntotal) * int(getattr(index, "code_size", index.d * 4))
+
+
+def _stored_ids(index: Any) -> Int64Array:
+    """Every id slot of a FAISS index: the IDMap2's map (with -1 tombstones), or an IVF's inverted lists."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    invlists: Any = faiss.extract_index_ivf(index).invlists
+    chunks = [
+        faiss.rev_swig_ptr(invlists.get_ids(cell), invlists.list_size(cell)).copy()
+        for cell in range(invlists.nlist)
+        if invlists.list_size(cell)
+    ]
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.empty(0, np.int64)
 
 
 # ---------------------------------------------------------------------- input validation
@@ -425,9 +637,11 @@ def _read_header(f: io.BufferedReader, path: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise IndexFileError(path, "the file is corrupt (header is not a JSON object)")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS or isinstance(version, bool):
         raise IndexFileError(
-            path, f"the file has format version {version!r} but this version of cbir reads {FORMAT_VERSION}"
+            path,
+            f"the file has format version {version!r} but this version of cbir reads "
+            f"{' and '.join(map(str, _READABLE_VERSIONS))}",
         )
     for name, kind in (
         ("dim", int),
@@ -440,6 +654,20 @@ def _read_header(f: io.BufferedReader, path: Path) -> dict[str, Any]:
         value = header.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise IndexFileError(path, f"the file is corrupt (header field {name!r} is {value!r})")
+    stored = header.setdefault("stored", header["ntotal"])
+    if not isinstance(stored, int) or isinstance(stored, bool) or stored < header["ntotal"]:
+        raise IndexFileError(path, f"the file is corrupt (header field 'stored' is {stored!r})")
+    # Version 1 files (and headers without a type) hold a Flat index in an IndexIDMap2.
+    index_type = header.get("index_type", "flat")
+    if version == 1 and header["description"] != "Flat":
+        raise IndexFileError(path, f"the file holds a {header['description']!r} index of format version 1")
+    try:
+        header["spec"] = IndexSpec.from_header(index_type, header.get("params", {}))
+    except (TypeError, ValueError) as exc:
+        raise IndexFileError(path, f"the file is corrupt (index type or parameters: {exc})") from exc
+    build_id = header.setdefault("build_id", f"v1-{header['payload_crc32']:08x}")
+    if not isinstance(build_id, str) or not build_id:
+        raise IndexFileError(path, f"the file is corrupt (header field 'build_id' is {build_id!r})")
     return header
 
 
@@ -475,16 +703,23 @@ def _deserialize(payload: npt.NDArray[np.uint8], path: Path, header: dict[str, A
         index = faiss.deserialize_index(payload)
     except RuntimeError as exc:
         raise IndexFileError(path, f"the file is corrupt (FAISS cannot read it: {_first_line(exc)})") from exc
-    if not isinstance(index, faiss.IndexIDMap2):
+    spec: IndexSpec = header["spec"]
+    expected = "an IVF index" if spec.is_ivf else "an IndexIDMap2"
+    if spec.is_ivf:
+        ivf = faiss.try_extract_index_ivf(index)
+        usable = ivf is not None and ivf.direct_map.type == _faiss.DirectMap.Hashtable
+    else:
+        usable = isinstance(index, faiss.IndexIDMap2)
+    if not usable:
         raise IndexFileError(
-            path, f"the file is corrupt (holds a {type(index).__name__}, not an IndexIDMap2)"
+            path, f"the file is corrupt (holds a {type(index).__name__}, not {expected} as its header says)"
         )
     if index.d != header["dim"] or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexFileError(path, "the file is corrupt (the stored index disagrees with its header)")
-    if index.ntotal != header["ntotal"]:
+    if index.ntotal != header["stored"]:
         raise IndexFileError(
             path,
-            f"the file is corrupt (header says {header['ntotal']} vectors, the index holds {index.ntotal})",
+            f"the file is corrupt (header says {header['stored']} vectors, the index holds {index.ntotal})",
         )
     return index
 

@@ -29,9 +29,14 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "DecodedImage",
     "ImageDecodeError",
+    "ImageProbe",
     "ImageTooLargeError",
     "decode_image",
+    "normalise_pixels",
+    "pixels_from_image",
+    "probe_image",
     "resize_long_side",
+    "scaled_size",
     "to_tensor",
 ]
 
@@ -123,7 +128,7 @@ def _decode(data: bytes, max_side: int | None, max_pixels: int) -> DecodedImage:
 
     if max_side is not None and isinstance(image, JpegImageFile):
         # draft() picks the largest DCT reduction (1/2, 1/4, 1/8) that keeps the image at least this size.
-        image.draft(None, _scaled_size(stored_w, stored_h, max_side, ceil=True))
+        image.draft(None, scaled_size(stored_w, stored_h, max_side, ceil=True))
     try:
         image.load()  # forces the full decode, so a truncated file fails here and not later in a worker
         if orientation in _TRANSPOSE_FOR_ORIENTATION:
@@ -144,11 +149,11 @@ def resize_long_side(image: Image.Image, max_side: int) -> Image.Image:
     w, h = image.size
     if max(w, h) == max_side:
         return image
-    size = _scaled_size(w, h, max_side, ceil=False)
+    size = scaled_size(w, h, max_side, ceil=False)
     return image.resize(size, _RESAMPLE, reducing_gap=_REDUCING_GAP if max_side < max(w, h) else None)
 
 
-def _scaled_size(w: int, h: int, max_side: int, *, ceil: bool) -> tuple[int, int]:
+def scaled_size(w: int, h: int, max_side: int, *, ceil: bool = False) -> tuple[int, int]:
     """(w, h) scaled so the long side is max_side; the short side rounded (or rounded up), at least 1."""
     short = min(w, h) * max_side / max(w, h)
     short_px = max(1, math.ceil(short - 1e-6) if ceil else round(short))
@@ -159,15 +164,65 @@ def to_tensor(image: Image.Image, max_side: int) -> torch.Tensor:
     """RGB picture -> (3, H, W) float32, long side max_side, ImageNet-normalised, no crop.
 
     No crop because retrieval must see the whole picture; no padding because it would change pooled values.
+    It is pixels_from_image then normalise_pixels, the two steps the bulk job runs apart (decoding in
+    worker processes, normalising on the model's device), so both paths feed the network the same floats.
     """
+    return normalise_pixels(pixels_from_image(image, max_side))
+
+
+def pixels_from_image(image: Image.Image, max_side: int) -> torch.Tensor:
+    """RGB picture -> (3, H, W) uint8, long side max_side: a quarter of the float tensor's bytes to move."""
     if image.mode != "RGB":
         image = _to_rgb(image, "image")
     image = resize_long_side(image, max_side)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    array = (array - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) on any device -> float32 ImageNet-normalised, computed as x / 255, - mean, / std.
+
+    The same float32 operations in the same order on every path (upload, bulk job, GPU decode), so a CPU
+    bulk job and an upload give bit-identical network input.
+    """
+    if pixels.dtype != torch.uint8 or pixels.ndim < 3 or pixels.shape[-3] != 3:
+        raise ValueError(f"expected uint8 (..., 3, H, W) pixels, got {pixels.dtype} {tuple(pixels.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What the header says, read without decoding the pixels (the bulk job's GPU route decides on it)."""
+
+    format: str
+    width: int  # after EXIF orientation, like DecodedImage
+    height: int
+    mode: str
+    orientation: int  # EXIF 1-8
+    progressive: bool
+
+
+def probe_image(data: bytes, *, max_pixels: int = 100_000_000) -> ImageProbe:
+    """Format, size, mode and orientation from the header, with the same refusals as decode_image's."""
+    if not data:
+        raise ImageDecodeError("empty upload (0 bytes): not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = _open(data)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"image has far too many pixels: {exc}") from exc
+    stored_w, stored_h = image.size
+    if stored_w * stored_h > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {stored_w}x{stored_h} = {stored_w * stored_h} pixels, above the limit of "
+            f"{max_pixels}: resize it before uploading"
+        )
+    orientation = _exif_orientation(image)
+    width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
+    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+    return ImageProbe(image.format or "image", width, height, image.mode, orientation, progressive)
 
 
 def _open(data: bytes) -> Image.Image:

@@ -11,6 +11,7 @@ from app.routes.images import ERRORS
 from app.routes.uploads import read_upload
 from app.schemas import SearchHit, SearchOut, image_url
 from app.services.queries import parse_box
+from index import SearchParams
 
 router = APIRouter(tags=["search"])
 
@@ -38,11 +39,26 @@ def search(
         int | None,
         Form(ge=0, le=100, description="Database-side augmentation neighbours; 0: off [as query expansion]."),
     ] = None,
+    nprobe: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            le=65536,
+            description="IVF: cells scanned (more: better recall, slower) [CBIR_NPROBE or the index's].",
+        ),
+    ] = None,
+    ef_search: Annotated[
+        int | None,
+        Form(ge=1, le=4096, description="HNSW: candidate list length [CBIR_EF_SEARCH or the index's]."),
+    ] = None,
 ) -> SearchOut:
     data = read_upload(file, settings.max_upload_bytes)
     asked = query_expansion is not None or database_augmentation is not None
     rerank = collection.rerank.overridden(query_expansion, database_augmentation) if asked else None
-    hits = collection.search_image(data, k, rerank, parse_box(box) if box is not None else None)
+    params = collection.search_params
+    if nprobe is not None or ef_search is not None:
+        params = SearchParams(nprobe or params.nprobe, ef_search or params.ef_search)
+    hits = collection.search_image(data, k, rerank, parse_box(box) if box is not None else None, params)
     return SearchOut(
         k=k,
         encoder=collection.encoder.fingerprint,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, Row, func, select
+from sqlalchemy import Engine, Row, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -26,8 +27,9 @@ from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
-from app.services.decoding import Prepared, decode_or_raise, sha256_of
+from app.services.decoding import Prepared, Storable, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate, ServiceBusyError
+from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
 from app.services.queries import Box
 from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank
 from app.services.versions import (
@@ -38,7 +40,7 @@ from app.services.versions import (
     settings_for,
 )
 from app.storage import FileStore
-from index import IndexFileError, IndexMismatchError, VectorIndex
+from index import AUTO, IndexFileError, IndexMismatchError, SearchParams, VectorIndex, VectorIndexError
 from models import Encoder, ImageEncoder
 
 log = logging.getLogger("cbir.collection")
@@ -60,6 +62,21 @@ class Added:
 
 def _vector_bytes(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _row_values(item: Storable, vector: np.ndarray, fingerprint: str) -> dict[str, Any]:
+    return {
+        "sha256": item.sha256,
+        "original_name": item.original_name[:1024],
+        "source_path": item.source_path,
+        "width": item.width,
+        "height": item.height,
+        "size_bytes": len(item.data),
+        "format": item.format,
+        "meta": item.meta,
+        "encoder": fingerprint,
+        "vector": _vector_bytes(vector),
+    }
 
 
 def _vectors_from_rows(blobs: Sequence[bytes], dim: int) -> np.ndarray:
@@ -89,7 +106,14 @@ class Collection:
         self.rerank = options_from_settings(settings)  # requests may override it
         self._neighbours = NeighbourCache()
         self._switching: threading.Thread | None = None  # see _follow_switch
+        self._files_pool: ThreadPoolExecutor | None = None  # see ingest_many
         self._failed_switch: str | None = None
+        # Search-time defaults of the settings (None: the index's own); requests may override them.
+        self.search_params = SearchParams(settings.nprobe, settings.ef_search)
+        index.search_threads = settings.search_threads
+        self._file_stamp = _stamp(settings.index_path)  # see _follow_rebuild
+        self._picking_up: threading.Thread | None = None
+        self._follow_lock = threading.Lock()  # one request thread at a time looks at the file
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
@@ -124,52 +148,50 @@ class Collection:
                 f"the collection uses encoder '{active.fingerprint}' ({active.describe()}); the service is "
                 f"configured with '{encoder.fingerprint}': {REINDEX_HINT}, or configure the collection's one"
             )
-        try:
-            index = VectorIndex.open_or_create(
-                settings.index_path, dim=encoder.dim, fingerprint=encoder.fingerprint
-            )
-        except IndexMismatchError as exc:
-            if not _has_rows(engine, encoder.fingerprint):
-                raise CollectionMismatchError(str(exc)) from exc
-            # The rows are this encoder's: the file is one that a process still on the previous encoder
-            # saved after `cbir reindex` switched the collection. The database is the source of truth.
-            log.warning(
-                "%s; but the database holds this encoder's vectors: rebuilding the index from them", exc
-            )
-            index = VectorIndex(encoder.dim, encoder.fingerprint)
-        except IndexFileError as exc:
-            log.warning("%s; rebuilding the index from the vectors stored in the database", exc)
-            index = VectorIndex(encoder.dim, encoder.fingerprint)
+        index, rebuilt = _open_index(settings, engine, encoder)
         collection = cls(settings, encoder, engine, index)
         collection.reconcile()
+        if rebuilt:
+            collection.save_index(new_build=True)
         collection.sweep_orphans()
         return collection
 
     def close(self) -> None:
+        if self._files_pool is not None:
+            self._files_pool.shutdown()
         self.engine.dispose()
 
     def reconcile(self) -> tuple[int, int]:
         """Make the index hold exactly the database's ids of this encoder; returns (replayed, dropped)."""
+        with self._write_lock:
+            missing, stray = self._sync_with_rows(self.index)
+        if missing or stray:
+            log.warning(
+                "index and database disagreed: replayed %d vectors from the database, dropped %d stray ids",
+                missing,
+                stray,
+            )
+            self.save_index()
+        return missing, stray
+
+    def _sync_with_rows(self, index: VectorIndex) -> tuple[int, int]:
+        """Replay into ``index`` the rows it lacks, drop the ids the database no longer has; the caller holds
+        the write lock, so no ingest can commit in between. Returns (replayed, dropped)."""
         current = Image.encoder == self.encoder.fingerprint
-        with self._write_lock, self.sessions() as session:
+        with self.sessions() as session:
             db_ids = np.fromiter(session.scalars(select(Image.id).where(current)), dtype=np.int64)
-            index_ids = self.index.ids()
+            index_ids = index.ids()
             missing = np.setdiff1d(db_ids, index_ids)
             stray = np.setdiff1d(index_ids, db_ids)
             for start in range(0, len(missing), 4096):
                 chunk = [int(i) for i in missing[start : start + 4096]]
                 rows = session.execute(select(Image.id, Image.vector).where(Image.id.in_(chunk))).all()
-                self._add_rows(rows)
+                if rows:
+                    ids = np.array([row.id for row in rows], dtype=np.int64)
+                    index.add(ids, _vectors_from_rows([row.vector for row in rows], self.encoder.dim))
             self._seen_id = int(db_ids.max()) if len(db_ids) else 0
         if len(stray):
-            self.index.remove(stray)
-        if len(missing) or len(stray):
-            log.warning(
-                "index and database disagreed: replayed %d vectors from the database, dropped %d stray ids",
-                len(missing),
-                len(stray),
-            )
-            self.save_index()
+            index.remove(stray)
         return len(missing), len(stray)
 
     def catch_up(self) -> int:
@@ -178,6 +200,7 @@ class Collection:
         A primary-key range query, cheap enough to run before every search.
         """
         self._follow_switch()
+        self._follow_rebuild()
         with self._write_lock, self.sessions() as session:
             rows = session.execute(
                 select(Image.id, Image.vector)
@@ -225,25 +248,79 @@ class Collection:
                     f"the recorded settings ({active.describe()}) build '{encoder.fingerprint}' here, not "
                     f"'{fingerprint}': restart the service with the collection's encoder"
                 )
-            index = VectorIndex(encoder.dim, encoder.fingerprint)
-            with self.sessions() as session:
-                rows = session.execute(
-                    select(Image.id, Image.vector).where(Image.encoder == fingerprint).order_by(Image.id)
-                ).all()
-            if rows:
-                ids = np.array([row.id for row in rows], dtype=np.int64)
-                index.add(ids, _vectors_from_rows([row.vector for row in rows], encoder.dim))
+            index = build_from_rows(
+                self.sessions,
+                fingerprint,
+                encoder.dim,
+                lambda n: spec_for_collection(settings, n, encoder.dim),
+            )
+            index.search_threads = settings.search_threads
+            stored = index.ids()
             with self._write_lock:
                 self.settings, self.encoder, self.index = settings, encoder, index
-                self._seen_id = int(rows[-1].id) if rows else 0
+                self._seen_id = int(stored[-1]) if len(stored) else 0
             log.warning(
-                "switched to encoder %s (%d images), as `cbir reindex` recorded", fingerprint, len(rows)
+                "switched to encoder %s (%d images), as `cbir reindex` recorded", fingerprint, len(stored)
             )
         except Exception:
             self._failed_switch = fingerprint
             log.exception(
                 "could not switch to encoder %s; still serving %s", fingerprint, self.encoder.fingerprint
             )
+
+    # -- following `cbir index-build` ----------------------------------------------------------------------
+    def _follow_rebuild(self) -> None:
+        """If another process wrote an index of another build (`cbir index-build`), load it in the background.
+
+        A stat() per call; the header is read only when the file changed, and the file only when its build
+        is not this index's (the saves of a bulk job beside the service keep the build and are not reloaded).
+        """
+        if not self._follow_lock.acquire(blocking=False):
+            return  # another request is looking already
+        try:
+            if self._picking_up is not None and self._picking_up.is_alive():
+                return
+            path = self.settings.index_path
+            stamp = _stamp(path)
+            if stamp == self._file_stamp:
+                return
+            self._file_stamp = stamp
+            build = _build_on_disk(path, self.encoder.fingerprint)
+            if build is None or build == self.index.build_id:
+                return
+            self._picking_up = threading.Thread(
+                target=self._pick_up, args=(build,), name="cbir-index-pickup", daemon=True
+            )
+            self._picking_up.start()
+        finally:
+            self._follow_lock.release()
+
+    def _pick_up(self, build: str) -> None:
+        """Load the new build, replay what was committed since it read the rows, swap it in."""
+        try:
+            encoder = self.encoder
+            index = VectorIndex.load(
+                self.settings.index_path, dim=encoder.dim, fingerprint=encoder.fingerprint
+            )
+            if index.build_id != build:
+                self._file_stamp = None  # replaced again meanwhile: look again on the next request
+                return
+            index.search_threads = self.settings.search_threads
+            with self._write_lock:
+                if self.encoder is not encoder:
+                    return  # an encoder switch won the race; its index is built from the rows anyway
+                replayed, dropped = self._sync_with_rows(index)
+                self.index = index
+            log.warning(
+                "picked up the index built by `cbir index-build`: %s, %d vectors (%d replayed from the "
+                "database, %d dropped)",
+                index.spec.describe(),
+                index.ntotal,
+                replayed,
+                dropped,
+            )
+        except (VectorIndexError, OSError):
+            log.exception("could not load the rebuilt index; still serving the current one")
 
     def sweep_orphans(self) -> tuple[int, int]:
         """Publish or remove what a crash left in the file store; returns (published, removed)."""
@@ -310,7 +387,7 @@ class Collection:
             return session.scalars(select(Image).where(Image.sha256 == digest)).first()
 
     def ingest(
-        self, items: Sequence[Prepared], vectors: np.ndarray, *, copy_files: bool = True
+        self, items: Sequence[Storable], vectors: np.ndarray, *, copy_files: bool = True
     ) -> list[Added]:
         """Store a batch in one transaction, then add it to the index (not saved: see save_index)."""
         if len(items) != len(vectors):
@@ -338,7 +415,7 @@ class Collection:
 
     def _insert_rows(
         self,
-        items: Sequence[Prepared],
+        items: Sequence[Storable],
         vectors: np.ndarray,
         results: list[Added],
         staged: list[Path],
@@ -346,12 +423,11 @@ class Collection:
     ) -> None:
         """One transaction: rows (with vectors) for the new items; their files staged, not yet published."""
         with self.sessions.begin() as session:
-            active = read_active(session)
-            if active is not None and active.fingerprint != self.encoder.fingerprint:
-                raise ServiceBusyError(
-                    f"`cbir reindex` switched the collection to encoder '{active.fingerprint}': a running "
-                    "service follows within moments, so retry; restart a bulk job with the new settings"
-                )
+            self._refuse_if_switched(
+                session,
+                "a running service follows within moments, so retry; restart a bulk job with the new "
+                "settings",
+            )
             digests = [item.sha256 for item in items]
             existing = {
                 row.sha256: row for row in session.scalars(select(Image).where(Image.sha256.in_(digests)))
@@ -361,17 +437,17 @@ class Collection:
                     results.append(Added(existing[item.sha256], duplicate=True))
                     continue
                 if copy_files or item.source_path is None:
-                    path = self.files.stage(item.sha256, item.decoded.format, item.data)
+                    path = self.files.stage(item.sha256, item.format, item.data)
                     if path is not None:
                         staged.append(path)
                 row = Image(
                     sha256=item.sha256,
                     original_name=item.original_name[:1024],
                     source_path=item.source_path,
-                    width=item.decoded.width,
-                    height=item.decoded.height,
+                    width=item.width,
+                    height=item.height,
                     size_bytes=len(item.data),
-                    format=item.decoded.format,
+                    format=item.format,
                     meta=item.meta,
                     encoder=self.encoder.fingerprint,
                     vector=_vector_bytes(vector),
@@ -380,6 +456,65 @@ class Collection:
                 existing[item.sha256] = row
                 results.append(Added(row, duplicate=False))
             session.flush()
+
+    def _refuse_if_switched(self, session: Session, advice: str) -> None:
+        """Writes under an encoder that `cbir reindex` has just replaced would mix vector spaces."""
+        active = read_active(session)
+        if active is not None and active.fingerprint != self.encoder.fingerprint:
+            raise ServiceBusyError(
+                f"`cbir reindex` switched the collection to encoder '{active.fingerprint}': {advice}"
+            )
+
+    def ingest_many(
+        self, items: Sequence[Storable], vectors: np.ndarray, *, copy_files: bool = True
+    ) -> tuple[int, int]:
+        """The bulk job's ingest: one transaction, one FAISS add; returns (added, duplicates).
+
+        Same write order and checks as ingest, but rows go in as one executemany INSERT instead of ORM
+        objects, and files are staged and published by a thread pool: at thousands of images a second,
+        ORM bookkeeping and one fsync after another were what bounded a GPU host (README, "How fast").
+        """
+        if len(items) != len(vectors):
+            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        staged: list[Path] = []
+        with self._write_lock:
+            try:
+                with self.sessions.begin() as session:
+                    self._refuse_if_switched(session, "restart the bulk job with the new settings")
+                    digests = [item.sha256 for item in items]
+                    taken = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(digests))))
+                    fresh: list[int] = []
+                    for position, item in enumerate(items):
+                        if item.sha256 not in taken:
+                            taken.add(item.sha256)
+                            fresh.append(position)
+                    to_copy = [
+                        (items[p].sha256, items[p].format, items[p].data)
+                        for p in fresh
+                        if copy_files or items[p].source_path is None
+                    ]
+                    staged = self.files.stage_many(to_copy, self._file_pool())
+                    rows = [_row_values(items[p], vectors[p], self.encoder.fingerprint) for p in fresh]
+                    ids: list[int] = []
+                    if rows:  # executemany, then the ids by hash: far cheaper than RETURNING row by row
+                        session.execute(insert(Image), rows)
+                        new = [row["sha256"] for row in rows]
+                        found = session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(new)))
+                        id_of = {digest: image_id for digest, image_id in found}
+                        ids = [id_of[digest] for digest in new]
+            except BaseException:
+                for path in staged:
+                    self.files.discard(path)
+                raise
+            self.files.publish_many(staged)
+            if ids:
+                self.index.add(np.array(ids, dtype=np.int64), np.asarray(vectors[fresh], dtype=np.float32))
+        return len(ids), len(items) - len(ids)
+
+    def _file_pool(self) -> ThreadPoolExecutor:
+        if self._files_pool is None:
+            self._files_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cbir-files")
+        return self._files_pool
 
     def add_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> Added:
         existing = self.find_by_sha256(sha256_of(data))
@@ -403,11 +538,22 @@ class Collection:
         self.files.delete(row.sha256, row.format)
         return row
 
-    def save_index(self) -> None:
+    def save_index(self, *, new_build: bool = False) -> None:
+        """Save the index file, unless it now holds another build of the index (``new_build``: this index
+        is one, built here at open, and replaces whatever the file holds)."""
         with self._write_lock:
             if read_active_fingerprint(self.engine) not in (None, self.index.fingerprint):
                 return  # `cbir reindex` switched the collection: the index file is the new encoder's now
-            self.index.save(self.settings.index_path)
+            path = self.settings.index_path
+            with index_file_lock(path):
+                on_disk = _build_on_disk(path, self.index.fingerprint)
+                if on_disk is not None and on_disk != self.index.build_id and not new_build:
+                    # Another process built a new index (`cbir index-build`): it wins; this process picks it
+                    # up (see _follow_rebuild) and replays its own rows into it from the database.
+                    log.info("index file holds another build (%s): not overwriting it", on_disk)
+                    return
+                self.index.save(path)
+                self._file_stamp = _stamp(path)
 
     # -- reading -----------------------------------------------------------------------------------------
     def get(self, image_id: int) -> Image:
@@ -435,6 +581,7 @@ class Collection:
         k: int,
         rerank: RerankOptions | None = None,
         index: VectorIndex | None = None,
+        params: SearchParams | None = None,
     ) -> list[list[Hit]]:
         """Top k per query through the one ranking function that `cbir evaluate` measures too.
 
@@ -442,7 +589,14 @@ class Collection:
         """
         self.catch_up()
         index = index or self.index
-        scores, ids = rank(index, vectors, k, rerank or self.rerank, cache=self._neighbours)
+        scores, ids = rank(
+            index,
+            vectors,
+            k,
+            rerank or self.rerank,
+            cache=self._neighbours,
+            params=params or self.search_params,
+        )
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self.sessions() as session:
             rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(wanted)))}
@@ -453,11 +607,16 @@ class Collection:
         ]
 
     def search_image(
-        self, data: bytes, k: int, rerank: RerankOptions | None = None, box: Box | None = None
+        self,
+        data: bytes,
+        k: int,
+        rerank: RerankOptions | None = None,
+        box: Box | None = None,
+        params: SearchParams | None = None,
     ) -> list[Hit]:
         """Without explicit options, the service's re-ranking; a region (box) query ranks plainly, because
         query expansion and DBA pull towards pictures like the whole neighbourhood, while a region query
-        looks for one object (on Corel objects pasted into other photos: top-5 hits 14/20 plain, 11/20
+        looks for one object (on Corel objects pasted into other photos: top-5 hits 17/20 plain, 15/20
         re-ranked; README, "Region queries")."""
         if rerank is None and box is not None:
             rerank = RerankOptions.off()
@@ -467,7 +626,7 @@ class Collection:
             encoder, index = self.encoder, self.index
             vector = self.embed_query(data, box, encoder)
             if index.fingerprint == encoder.fingerprint:
-                return self.search_vectors(vector[None, :], k, rerank, index)[0]
+                return self.search_vectors(vector[None, :], k, rerank, index, params)[0]
         raise ServiceBusyError("the collection is switching to another encoder: retry in a moment")
 
     def count(self) -> int:
@@ -494,7 +653,7 @@ class Collection:
             "indexed": self.index.ntotal,
             "dimension": self.encoder.dim,
             "encoder": self.encoder.fingerprint,
-            "index_type": f"IDMap2,{self.index.description} (inner product)",
+            "index_type": f"{self.index.spec.describe()} (inner product)",
             "device": str(self.encoder.device),
         }
 
@@ -510,6 +669,72 @@ def _check_rows_encoder(engine: Engine, fingerprint: str) -> None:
             f"the collection holds images embedded by another encoder ({found}); the service is configured "
             f"with '{fingerprint}': {REINDEX_HINT}, or configure the encoder the collection was built with"
         )
+
+
+def _open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tuple[VectorIndex, bool]:
+    """The collection's index and whether it was (re)built here, from the rows, and so needs saving.
+
+    Rebuilt when there is no file (a new collection, or a deleted file), when the file is unusable or of
+    another encoder (the database holds this encoder's vectors), and when CBIR_INDEX_TYPE names another type
+    than the file's. With ``auto``, a file whose type differs from what the collection's size now calls for
+    is kept (its searches are still right) and the log says to run `cbir index-build`: a rebuild of millions
+    of vectors takes minutes, which a service start should not spend unasked.
+    """
+    path, dim, fingerprint = settings.index_path, encoder.dim, encoder.fingerprint
+
+    def rebuild(reason: str | None) -> tuple[VectorIndex, bool]:
+        if reason:
+            log.warning("%s: rebuilding the index from the vectors stored in the database", reason)
+        index = build_from_rows(
+            make_session_factory(engine), fingerprint, dim, lambda n: spec_for_collection(settings, n, dim)
+        )
+        return index, True
+
+    if not path.exists():
+        return rebuild(None)
+    try:
+        index = VectorIndex.load(path, dim=dim, fingerprint=fingerprint)
+    except IndexMismatchError as exc:
+        if not _has_rows(engine, fingerprint):
+            raise CollectionMismatchError(str(exc)) from exc
+        # The rows are this encoder's: the file is one that a process still on the previous encoder
+        # saved after `cbir reindex` switched the collection. The database is the source of truth.
+        return rebuild(f"{exc}; but the database holds this encoder's vectors")
+    except IndexFileError as exc:
+        return rebuild(str(exc))
+    wanted = spec_for_collection(settings, index.ntotal, dim)
+    if wanted.type != index.spec.type:
+        if settings.index_type != AUTO:
+            return rebuild(
+                f"index at {path} is {index.spec.describe()} but CBIR_INDEX_TYPE={settings.index_type}"
+            )
+        log.warning(
+            "index at %s is %s; for %d vectors the automatic choice is %s: run `cbir index-build` to switch "
+            "(searches stay correct meanwhile)",
+            path,
+            index.spec.describe(),
+            index.ntotal,
+            wanted.type,
+        )
+    return index, False
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is replaced (inode, mtime, size); None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _build_on_disk(path: Path, fingerprint: str) -> str | None:
+    """The build id of the index file if it is this encoder's and readable; None otherwise."""
+    try:
+        header = VectorIndex.read_header(path)
+    except VectorIndexError:
+        return None
+    return str(header["build_id"]) if header["fingerprint"] == fingerprint else None
 
 
 def _has_rows(engine: Engine, fingerprint: str) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import InvalidImageError, PayloadTooLargeError
 from models import DecodedImage, ImageDecodeError, ImageTooLargeError, decode_image
@@ -32,6 +32,39 @@ class Prepared:
     original_name: str
     source_path: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return self.decoded.width
+
+    @property
+    def height(self) -> int:
+        return self.decoded.height
+
+    @property
+    def format(self) -> str:
+        return self.decoded.format
+
+
+class Storable(Protocol):
+    """What the collection stores of an image besides its vector (a Prepared, or a bulk job's Loaded)."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def original_name(self) -> str: ...
+    @property
+    def source_path(self) -> str | None: ...
+    @property
+    def meta(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

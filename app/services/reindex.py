@@ -30,9 +30,9 @@ from app.encoders import encoder_from_settings
 from app.errors import CbirError
 from app.services.bulk import batched
 from app.services.decoding import Prepared, Skipped, load_files
+from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
 from app.services.versions import encoder_spec, read_active, record_active
 from app.storage import FileStore
-from index import VectorIndex
 from models import ImageEncoder
 
 __all__ = ["ReindexError", "ReindexReport", "reindex_collection", "stored_count"]
@@ -100,7 +100,7 @@ def reindex_collection(
                 f"images kept arriving during {_MAX_ROUNDS} rounds of re-embedding: pause uploads and run "
                 "`cbir reindex` again (what was staged is kept)"
             )
-        report.indexed = _write_index(sessions, encoder, settings.index_path)
+        report.indexed = _write_index(sessions, encoder, settings)
     finally:
         engine.dispose()
     report.seconds = time.perf_counter() - started
@@ -198,17 +198,12 @@ def _swap(sessions: sessionmaker[Session], target: str, spec: dict[str, object])
     return True
 
 
-def _write_index(sessions: sessionmaker[Session], encoder: ImageEncoder, path: Path) -> int:
-    index = VectorIndex(encoder.dim, encoder.fingerprint)
-    with sessions() as session:
-        rows = session.execute(
-            select(Image.id, Image.vector).where(Image.encoder == encoder.fingerprint).order_by(Image.id)
-        ).all()
-    if rows:
-        ids = np.array([row.id for row in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(row.vector for row in rows), dtype="<f4").reshape(
-            len(rows), encoder.dim
-        )
-        index.add(ids, vectors.astype(np.float32))
-    index.save(path)
-    return len(rows)
+def _write_index(sessions: sessionmaker[Session], encoder: ImageEncoder, settings: Settings) -> int:
+    """The new encoder's index, of the configured type (app/services/index_build.py), from its rows."""
+    dim = encoder.dim
+    index = build_from_rows(
+        sessions, encoder.fingerprint, dim, lambda n: spec_for_collection(settings, n, dim)
+    )
+    with index_file_lock(settings.index_path):
+        index.save(settings.index_path)
+    return index.ntotal

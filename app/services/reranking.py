@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from app.config import Settings
-from index import VectorIndex
+from index import SearchParams, VectorIndex
 
 __all__ = ["NeighbourCache", "RerankOptions", "options_from_settings", "rank"]
 
@@ -168,8 +168,12 @@ def rank(
     *,
     cache: NeighbourCache | None = None,
     exclude: Sequence[int | None] | None = None,
+    params: SearchParams | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (Q, k): the top k for every query, padded with score -inf and id -1.
+
+    ``params`` (nprobe, efSearch) apply to the queries' own searches; the database-side neighbour lists,
+    shared by every request, are searched with the index's defaults.
 
     ``exclude[i]`` is an id that query i must neither find nor be helped by (leave-one-out evaluation).
     Scores of re-ordered results are cosines between the expanded query and the augmented stored vector
@@ -190,14 +194,14 @@ def rank(
     if index.ntotal == 0 or len(queries) == 0:
         return scores, ids
     if not options.active:
-        plain_scores, plain_ids = _search(index, queries, k, excluded)
+        plain_scores, plain_ids = _search(index, queries, k, excluded, params)
         width = plain_ids.shape[1]
         scores[:, :width], ids[:, :width] = plain_scores, plain_ids
         return scores, ids
     cache = cache if cache is not None else NeighbourCache()
     for start in range(0, len(queries), _CHUNK):
         part = slice(start, start + _CHUNK)
-        scores[part], ids[part] = _rerank(index, queries[part], k, options, cache, excluded[part])
+        scores[part], ids[part] = _rerank(index, queries[part], k, options, cache, excluded[part], params)
     return scores, ids
 
 
@@ -208,6 +212,7 @@ def _rerank(
     options: RerankOptions,
     cache: NeighbourCache,
     excluded: list[int | None],
+    params: SearchParams | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
@@ -227,7 +232,7 @@ def _rerank(
         return out
 
     original = queries
-    _, candidates = _search(index, queries, depth, excluded)
+    _, candidates = _search(index, queries, depth, excluded, params)
     vectors = describe(candidates)
     candidate_scores = _scores(vectors, queries, candidates)
     if options.query_expansion:
@@ -236,7 +241,7 @@ def _rerank(
         weights = np.where(np.isfinite(top_scores), np.maximum(top_scores, 0.0) ** options.alpha, 0.0)
         top_vectors = np.take_along_axis(vectors, top[:, :, None], axis=1)
         queries = _unit_rows(queries + np.einsum("qn,qnd->qd", weights, top_vectors))
-        _, candidates = _search(index, queries, depth, excluded)
+        _, candidates = _search(index, queries, depth, excluded, params)
         vectors = describe(candidates)
         candidate_scores = _scores(vectors, queries, candidates)
     order = np.argsort(-candidate_scores, axis=1, kind="stable")
@@ -256,7 +261,7 @@ def _rerank(
     scores[:, :width], ids[:, :width] = ranked_scores[:, :width], ranked_ids[:, :width]
     if k > depth:
         # Beyond the shortlist: the plain order of the (expanded) query, after everything re-ordered.
-        tail_scores, tail_ids = _search(index, queries, k + depth, excluded)
+        tail_scores, tail_ids = _search(index, queries, k + depth, excluded, params)
         for row in range(len(queries)):
             done = ranked_ids[row][ranked_ids[row] >= 0]
             fresh = ~np.isin(tail_ids[row], done) & (tail_ids[row] >= 0)
@@ -283,11 +288,15 @@ def _scores(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray) ->
 
 
 def _search(
-    index: VectorIndex, queries: np.ndarray, depth: int, excluded: list[int | None]
+    index: VectorIndex,
+    queries: np.ndarray,
+    depth: int,
+    excluded: list[int | None],
+    params: SearchParams | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain top `depth` of every query, each without its excluded id; (Q, ≤ depth), padded with -1."""
     extra = int(any(e is not None for e in excluded))
-    found_scores, found_ids = index.search(queries, depth + extra)
+    found_scores, found_ids = index.search(queries, depth + extra, params)
     width = min(depth, found_ids.shape[1])
     scores = np.full((len(queries), width), -np.inf, np.float32)
     ids = np.full((len(queries), width), -1, np.int64)

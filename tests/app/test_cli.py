@@ -106,7 +106,7 @@ def test_changing_the_encoder_needs_reindex(env: dict[str, str], folder: Path) -
 def test_errors_are_one_line_and_non_zero(env: dict[str, str], tmp_path: Path) -> None:
     missing = runner.invoke(app, ["index", str(tmp_path / "nowhere")], env=env)
     assert missing.exit_code == 2
-    assert "is not a directory" in missing.output
+    assert "does not exist: give a directory, a glob pattern" in missing.output
     unknown = runner.invoke(app, ["stats"], env={**env, "CBIR_BACKBONE": "nonesuch"})
     assert unknown.exit_code == 1
     assert "nonesuch" in unknown.output

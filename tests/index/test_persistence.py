@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 import index.store as store
-from index import FORMAT_VERSION, IndexFileError, IndexMismatchError, VectorIndex, VectorIndexError
+from index import (
+    FORMAT_VERSION,
+    IndexFileError,
+    IndexMismatchError,
+    IndexSpec,
+    VectorIndex,
+    VectorIndexError,
+)
 from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
 
 Filled = tuple[VectorIndex, np.ndarray, np.ndarray]
@@ -105,7 +112,8 @@ def test_open_or_create(tmp_path: Path, filled: Filled) -> None:
     fresh = VectorIndex.open_or_create(path, dim=DIM, fingerprint=FINGERPRINT)
     assert len(fresh) == 0 and not path.exists(), "nothing is written until save()"
     filled[0].save(path)
-    reopened = VectorIndex.open_or_create(path, dim=DIM, fingerprint=FINGERPRINT, description="HNSW32")
+    hnsw = IndexSpec("hnsw", hnsw_m=16, ef_construction=40, ef_search=32)
+    reopened = VectorIndex.open_or_create(path, dim=DIM, fingerprint=FINGERPRINT, spec=hnsw)
     assert len(reopened) == 200 and reopened.description == "Flat", "an existing file wins"
     with pytest.raises(IndexMismatchError):
         VectorIndex.open_or_create(path, dim=DIM, fingerprint="other")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import VectorIndex
+from index import IndexSpec, VectorIndex
 from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
 
 Filled = tuple[VectorIndex, np.ndarray, np.ndarray]
@@ -181,10 +181,10 @@ def test_constructor_validates_arguments() -> None:
         VectorIndex(0, FINGERPRINT)
     with pytest.raises(ValueError, match="fingerprint"):
         VectorIndex(DIM, "")
-    with pytest.raises(ValueError, match="not a valid faiss index_factory"):
-        VectorIndex(DIM, FINGERPRINT, "NoSuchIndex42")
-    with pytest.raises(ValueError, match="IDMap2 wrapper itself"):
-        VectorIndex(DIM, FINGERPRINT, "IDMap,Flat")
+    with pytest.raises(ValueError, match="not one of flat, ivf_flat, ivf_pq, hnsw"):
+        IndexSpec("NoSuchIndex42")
+    with pytest.raises(ValueError, match="must be an IndexSpec"):
+        VectorIndex(DIM, FINGERPRINT, "IDMap,Flat")  # type: ignore[arg-type]
 
 
 def test_attributes_and_repr(filled: Filled) -> None:

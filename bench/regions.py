@@ -1,0 +1,61 @@
+"""Region queries on Corel-1K: an object cut from one photo, pasted into a photo of another class, searched by
+its box (plain and re-ranked) and by the whole composite picture.
+
+The default encoder over the first 20 photos of each class (as tests/app/test_roi_corel.py, which runs ten
+of these queries); two objects per class (its 6th and 8th photo). Prints each query's rank of the photo the
+object came from (None: not in the top 100) and how many are in the top 5; the last line is JSON.
+
+    python bench/regions.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.config import Settings  # noqa: E402
+from app.encoders import encoder_from_settings  # noqa: E402
+from app.services import bulk  # noqa: E402
+from app.services.collection import Collection  # noqa: E402
+from app.services.reranking import RerankOptions  # noqa: E402
+from tests.app.conftest import COREL  # noqa: E402
+from tests.app.test_roi_corel import PER_CLASS, composite, rank_of  # noqa: E402
+
+WAYS = ("region_plain", "region_reranked", "whole")
+
+
+def main() -> None:
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="cbir-regions-")) / "data", device="cpu")
+    collection = Collection.open(settings, encoder_from_settings(settings))
+    classes = sorted(folder for folder in COREL.iterdir() if folder.is_dir())
+    bulk.index_files(
+        collection, [p for f in classes for p in sorted(f.iterdir())[:PER_CLASS]], copy_files=False
+    )
+    ranks: dict[str, dict[str, int | None]] = {}
+    for position, folder in enumerate(classes):
+        for object_index, background_index in ((5, 1), (7, 3)):
+            photo = sorted(folder.iterdir())[object_index]
+            background = sorted(classes[(position + 3) % len(classes)].iterdir())[background_index]
+            query, box = composite(photo, background)
+            ranks[photo.name] = {
+                "region_plain": rank_of(photo.name, collection.search_image(query, 100, box=box)),
+                "region_reranked": rank_of(
+                    photo.name, collection.search_image(query, 100, RerankOptions(), box)
+                ),
+                "whole": rank_of(photo.name, collection.search_image(query, 100)),
+            }
+            print(photo.name, ranks[photo.name])
+    collection.close()
+    top5 = {way: sum(1 for r in ranks.values() if (r[way] or 101) <= 5) for way in WAYS}
+    for way in WAYS:
+        print(f"{way:<16} top 5: {top5[way]} of {len(ranks)}")
+    print(json.dumps({"queries": len(ranks), "top5": top5}))
+
+
+if __name__ == "__main__":
+    main()
