@@ -99,7 +99,8 @@ def cpu_busy() -> tuple[float, float]:
 
 async def unloaded(base: str, queries: list[bytes], count: int) -> list[float]:
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        await one_search(client, queries[0])  # warm-up
+        for query in queries[:10]:  # warm-up: first forward passes allocate, the first requests connect
+            await one_search(client, query)
         return [(await one_search(client, queries[i % len(queries)]))[2] for i in range(count)]
 
 
@@ -152,7 +153,7 @@ def main() -> None:
         server = start_server(Path(tmp) / "data", port, env_extra, args.images)
         base = f"http://127.0.0.1:{port}"
         try:
-            quiet = asyncio.run(unloaded(base, queries, 40))
+            quiet = asyncio.run(unloaded(base, queries, 100))
             busy_before, total_before = cpu_busy()
             results, elapsed = asyncio.run(
                 loaded(base, queries, args.clients, args.seconds, args.upload_share)
