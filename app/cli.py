@@ -7,6 +7,7 @@ as flags too. Errors print one line that says what is wrong and what to do, and 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -167,6 +168,7 @@ def serve(
     with friendly_errors():
         settings = make_settings(locals())
         configure_logging(settings.log_level, settings.log_format)
+        _share_cores(settings)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -176,6 +178,15 @@ def serve(
             access_log=False,  # the app logs each request itself, with its request id, route and duration
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         )
+
+
+def _share_cores(settings: Settings) -> None:
+    """Each inference worker gets its share of the cores: torch's default (every core for one forward pass)
+    makes parallel passes fight over the same cores, and the busiest pass waits for the slowest thread."""
+    import torch
+
+    threads = settings.inference_threads or max(1, (os.cpu_count() or 1) // settings.inference_workers)
+    torch.set_num_threads(threads)
 
 
 @app.command("index")

@@ -96,11 +96,19 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
-    inference_workers: int = Field(default=1, ge=1, le=64, description="Inferences run at once by the API.")
-    # One waiting behind one running: on a saturated CPU every extra waiter adds a whole forward pass to the
-    # tail latency and nothing to throughput (bench/load.py, README "Under load").
+    # Two forward passes of one thread each, none waiting: on the 2-core machine, against one pass of two
+    # threads with one waiting, 15.8 answers/s instead of 12.8 at 32 clients (p99 256 ms against 240) and
+    # 21.3 instead of 16.8 at the saturating concurrency; a lone search takes ~75 ms instead of ~60
+    # (bench/load.py, README "Under load").
+    inference_workers: int = Field(default=2, ge=1, le=64, description="Inferences run at once by the API.")
+    inference_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="`cbir serve` on CPU: torch threads (shared by the inference workers) [cores / workers].",
+    )
     max_queue: int = Field(
-        default=1, ge=0, description="Requests waiting for inference before new ones get 503 + Retry-After."
+        default=0, ge=0, description="Requests waiting for inference before new ones get 503 + Retry-After."
     )
     queue_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for inference before 503.")
     shutdown_timeout_s: float = Field(

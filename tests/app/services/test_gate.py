@@ -48,7 +48,7 @@ def test_waiting_too_long_is_refused() -> None:
 
 
 def test_api_answers_503_with_retry_after_then_recovers(settings: Settings) -> None:
-    busy = settings.model_copy(update={"max_queue": 0})
+    busy = settings.model_copy(update={"max_queue": 0, "inference_workers": 1})
     with TestClient(create_app(busy)) as client:
         gate: InferenceGate = client.app.state.collection.gate  # type: ignore[attr-defined]
         with gate.slot(bounded=False):
@@ -63,7 +63,7 @@ def test_api_answers_503_with_retry_after_then_recovers(settings: Settings) -> N
 
 
 def test_a_full_gate_refuses_before_reading_the_body(settings: Settings) -> None:
-    busy = settings.model_copy(update={"max_queue": 0})
+    busy = settings.model_copy(update={"max_queue": 0, "inference_workers": 1})
     with TestClient(create_app(busy)) as client:
         gate: InferenceGate = client.app.state.collection.gate  # type: ignore[attr-defined]
         with gate.slot(bounded=False):
