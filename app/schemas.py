@@ -57,6 +57,16 @@ class SearchHit(BaseModel):
     metadata: dict[str, Any]
     url: str
 
+    @classmethod
+    def from_hit(cls, image: Image, score: float) -> SearchHit:
+        return cls(
+            id=image.id,
+            score=score,
+            original_name=image.original_name,
+            metadata=image.meta or {},
+            url=image_url(image.id),
+        )
+
 
 class SearchOut(BaseModel):
     k: int

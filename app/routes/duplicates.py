@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS, ImageId
-from app.schemas import DuplicatesOut, SearchHit, image_url
+from app.schemas import DuplicatesOut, SearchHit
 from app.services.duplicates import duplicates_of
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -31,14 +31,5 @@ def duplicates(
     return DuplicatesOut(
         id=image_id,
         threshold=limit,
-        results=[
-            SearchHit(
-                id=hit.image.id,
-                score=hit.score,
-                original_name=hit.image.original_name,
-                metadata=hit.image.meta or {},
-                url=image_url(hit.image.id),
-            )
-            for hit in hits
-        ],
+        results=[SearchHit.from_hit(hit.image, hit.score) for hit in hits],
     )

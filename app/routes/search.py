@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS
 from app.routes.uploads import read_upload
-from app.schemas import SearchHit, SearchOut, image_url
+from app.schemas import SearchHit, SearchOut
 from app.services.queries import parse_box
 from index import SearchParams
 
@@ -62,14 +62,5 @@ def search(
     return SearchOut(
         k=k,
         encoder=collection.encoder.fingerprint,
-        results=[
-            SearchHit(
-                id=hit.image.id,
-                score=hit.score,
-                original_name=hit.image.original_name,
-                metadata=hit.image.meta or {},
-                url=image_url(hit.image.id),
-            )
-            for hit in hits
-        ],
+        results=[SearchHit.from_hit(hit.image, hit.score) for hit in hits],
     )

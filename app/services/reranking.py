@@ -220,16 +220,20 @@ def _rerank(
 
     def describe(candidates: np.ndarray) -> np.ndarray:
         """(Q, depth, dim) vectors that candidates are scored by (zeros where a row has fewer)."""
+        if not options.database_augmentation:
+            return _stored(index, candidates)
         out = np.zeros((*candidates.shape, index.dim), np.float32)
         for row, row_ids in enumerate(candidates):
             valid = row_ids >= 0
-            if options.database_augmentation:
-                out[row, valid] = cache.augmented(
-                    index, row_ids[valid], options.database_augmentation, options.alpha, excluded[row]
-                )
-            else:
-                out[row, valid] = index.reconstruct_batch(row_ids[valid])
+            out[row, valid] = cache.augmented(
+                index, row_ids[valid], options.database_augmentation, options.alpha, excluded[row]
+            )
         return out
+
+    def plain_scores(candidates: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """(Q, depth) cosine of the original queries with the stored (not augmented) candidate vectors."""
+        stored = vectors if not options.database_augmentation else _stored(index, candidates)
+        return _scores(stored, original, candidates)
 
     original = queries
     _, candidates = _search(index, queries, depth, excluded, params)
@@ -250,7 +254,7 @@ def _rerank(
     # An exact copy of the query (same pixels: cosine 1 up to rounding) comes first, with its plain score,
     # whatever its neighbours say: the augmented ranking could otherwise put a close neighbour above the
     # very image asked for (2 % of Corel-1K queries).
-    exact = _plain_scores(index, original, ranked_ids) >= _EXACT_COPY
+    exact = np.take_along_axis(plain_scores(candidates, vectors), order, axis=1) >= _EXACT_COPY
     if exact.any():
         first = np.argsort(~exact, axis=1, kind="stable")
         ranked_ids = np.take_along_axis(ranked_ids, first, axis=1)
@@ -272,13 +276,12 @@ def _rerank(
     return np.minimum.accumulate(scores, axis=1), ids
 
 
-def _plain_scores(index: VectorIndex, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(Q, n) cosine of each query with the stored vectors of its ids (-inf where the id is -1)."""
-    out = np.full(ids.shape, -np.inf, dtype=np.float32)
+def _stored(index: VectorIndex, ids: np.ndarray) -> np.ndarray:
+    """(Q, n, dim) stored vectors of the ids (zeros where the id is -1)."""
+    out = np.zeros((*ids.shape, index.dim), np.float32)
     for row, row_ids in enumerate(ids):
         valid = row_ids >= 0
-        if valid.any():
-            out[row, valid] = index.reconstruct_batch(row_ids[valid]) @ queries[row]
+        out[row, valid] = index.reconstruct_batch(row_ids[valid])
     return out
 
 
