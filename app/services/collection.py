@@ -440,18 +440,7 @@ class Collection:
                     path = self.files.stage(item.sha256, item.format, item.data)
                     if path is not None:
                         staged.append(path)
-                row = Image(
-                    sha256=item.sha256,
-                    original_name=item.original_name[:1024],
-                    source_path=item.source_path,
-                    width=item.width,
-                    height=item.height,
-                    size_bytes=len(item.data),
-                    format=item.format,
-                    meta=item.meta,
-                    encoder=self.encoder.fingerprint,
-                    vector=_vector_bytes(vector),
-                )
+                row = Image(**_row_values(item, vector, self.encoder.fingerprint))
                 session.add(row)
                 existing[item.sha256] = row
                 results.append(Added(row, duplicate=False))

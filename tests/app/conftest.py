@@ -56,6 +56,11 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    return tiny_settings(tmp_path, database_url)
+
+
+def tiny_settings(tmp_path: Path, database_url: str | None = None) -> Settings:
+    """A collection in tmp_path on the tiny random backbone: fast, and the code path of any encoder."""
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,

@@ -20,7 +20,7 @@ from app.main import create_app
 from app.services import bulk
 from app.services.backup import BackupError, backup, restore
 from app.services.collection import Collection
-from tests.app.conftest import image_bytes
+from tests.app.conftest import image_bytes, tiny_settings
 
 runner = CliRunner()
 IMAGES = 48
@@ -39,16 +39,7 @@ def photos(tmp_path: Path) -> Path:
 def settings(tmp_path: Path) -> Settings:
     """SQLite only (this module replaces the shared fixture that also runs on PostgreSQL): backups use
     SQLite's online backup API; a PostgreSQL collection is refused with a pointer to pg_dump (tested)."""
-    return Settings(
-        data_dir=tmp_path / "data",
-        backbone="tiny_random",
-        head="gap",
-        max_side=64,
-        batch_size=4,
-        commit_every=4,
-        workers=2,
-        device="cpu",
-    )
+    return tiny_settings(tmp_path)
 
 
 def env_for(settings: Settings, data_dir: Path | None = None) -> dict[str, str]:
