@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -136,6 +136,52 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int, int], 
             progress.update(task, completed=done, images=images)
 
         yield update
+
+
+@dataclass
+class TrainingProgress:
+    on_read: Callable[[int, int], None]
+    on_step: Callable[[int, int, int, float], None]
+    on_epoch: Callable[[EpochReport], None]
+
+
+@contextmanager
+def training_progress(epochs: int, reading: int | None = None) -> Iterator[TrainingProgress]:
+    """A bar over the pictures read (when ``reading`` counts them), then over each epoch's steps with the
+    running loss, and one printed line per finished epoch (rich shows one live display at a time)."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console) as progress:
+        reader = progress.add_task("reading", total=reading, note="") if reading is not None else None
+        task = progress.add_task("training", total=None, note="", start=reading is None)
+
+        def on_read(done: int, pictures: int) -> None:
+            if reader is not None:
+                progress.update(reader, completed=done, note=f"{pictures} pictures")
+
+        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+            progress.start_task(task)
+            progress.update(
+                task,
+                completed=step,
+                total=steps,
+                description=f"epoch {epoch}/{epochs}",
+                note=f"loss {loss:.5f}",
+            )
+
+        def on_epoch(report: EpochReport) -> None:
+            val = f"{report.val_loss:.5f}" if report.val_loss is not None else "-"
+            progress.console.print(
+                f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.5f}, validation {val}"
+                f"{' (best)' if report.improved else ''}, {report.seconds:.1f} s"
+            )
+
+        yield TrainingProgress(on_read, on_step, on_epoch)
 
 
 def open_collection(settings: Settings, **kwargs: Any) -> Collection:
@@ -518,6 +564,117 @@ def fit(
 
 
 @app.command()
+def finetune(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Pictures to learn from [the collection's stored images].")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="File to write [DATA_DIR/finetuned-HEAD.safetensors]; OUT.ckpt resumes."),
+    ] = None,
+    classes: Annotated[
+        bool,
+        typer.Option(
+            "--classes/--self-supervised",
+            help="Supervised: each sub-folder of DIRECTORY is one class [self-supervised: no labels].",
+        ),
+    ] = False,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="At most this many epochs [20].")] = 20,
+    train_batch: Annotated[
+        int, typer.Option("--train-batch", min=2, help="Pictures per step, two views each [64].")
+    ] = 64,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", help="Peak learning rate (one-cycle) [0.001].")
+    ] = 1e-3,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature [0.1].")] = 0.1,
+    views: Annotated[int, typer.Option("--views", min=2, help="Augmented views per picture [4].")] = 4,
+    crop: Annotated[int, typer.Option("--crop", min=32, help="Side of a view in pixels [224].")] = 224,
+    validation: Annotated[
+        float, typer.Option(help="Fraction held out to pick the best epoch and stop [0.1].")
+    ] = 0.1,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without progress [5].")] = 5,
+    max_images: Annotated[int, typer.Option("--max-images", min=4, help="Pictures sampled [1000].")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling, views and training seed [0].")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in OUT.ckpt.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    backbone: Backbone = None,
+    head: Head = None,
+    weights: Weights = None,
+    fitted: Fitted = None,
+    max_side: MaxSide = None,
+    scales: Scales = None,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    workers: Workers = None,
+) -> None:
+    """Fine-tune the encoder's head (NetVLAD after `cbir fit`, or GeM) contrastively on your pictures:
+    two views of a picture are positives (or, with --classes, pictures of one folder). Writes a file to give
+    as --fitted / CBIR_FITTED."""
+    from app.services.finetune import FinetuneOptions, finetune_encoder
+    from app.services.fit import stored_image_paths
+    from models.training.contrastive import ContrastiveConfig
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        if directory is not None:
+            if not directory.is_dir():
+                raise NotADirectoryError(f"{directory} is not a directory")
+            paths, source = bulk.list_files(directory), str(directory)
+        else:
+            if classes:
+                raise ValueError("--classes needs a DIRECTORY of class folders")
+            paths, source = stored_image_paths(settings), f"collection at {settings.db_url}"
+            if not paths:
+                raise ValueError(f"the {source} holds no image: give a folder to fine-tune on")
+        target = out or settings.data_dir / f"finetuned-{settings.head}.safetensors"
+        options = FinetuneOptions(
+            classes=classes,
+            views=views,
+            crop=crop,
+            max_images=max_images,
+            training=ContrastiveConfig(
+                epochs=epochs,
+                batch_size=train_batch,
+                learning_rate=learning_rate,
+                temperature=temperature,
+                validation=validation,
+                patience=patience,
+                seed=seed,
+            ),
+        )
+        with training_progress(epochs, reading=min(len(paths), max_images)) as shown:
+            report = finetune_encoder(
+                settings,
+                paths,
+                target,
+                options,
+                source=source,
+                resume=resume,
+                on_read=shown.on_read,
+                on_step=shown.on_step,
+                on_epoch=shown.on_epoch,
+            )
+        run = report.training
+        losses = "-"
+        if run.best_val_loss is not None and run.first_val_loss is not None:
+            losses = f"{run.first_val_loss:.4f} -> {run.best_val_loss:.4f}"
+        kind = f"supervised, {report.classes} classes" if report.classes else "self-supervised"
+        console.print(
+            f"fine-tuned ({kind}) on {run.pictures} pictures of {source}: {run.stop_reason} after "
+            f"{run.epochs_run} epochs, {run.seconds:.0f} s; best epoch {run.best_epoch}, validation loss "
+            f"{losses}" + (f"; projection {report.projection}" if report.projection else ""),
+            highlight=False,
+        )
+        if report.skipped:
+            console.print(f"skipped {len(report.skipped)} unreadable files")
+        console.print(
+            f"wrote {target} (id {report.file_id}): use it with --fitted {target} or CBIR_FITTED={target}; "
+            "a collection built by another encoder then needs `cbir reindex`"
+        )
+
+
+@app.command()
 def duplicates(
     duplicate_threshold: Annotated[
         float | None,
@@ -826,26 +983,7 @@ def train_autoencoder_cmd(
             f"training on {len(pictures.images)} pictures ({pictures.duplicates} duplicates, "
             f"{len(pictures.skipped)} unreadable skipped) at {size}x{size}x{channels}"
         )
-        columns = (
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.5f}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=err_console) as progress:
-            task = progress.add_task("training", total=None, epoch="", loss=0.0)
-
-            def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
-                progress.update(task, completed=step, total=steps, epoch=f"{epoch}/{epochs}", loss=loss)
-
-            def on_epoch(report: EpochReport) -> None:
-                val = f"{report.val_loss:.5f}" if report.val_loss is not None else "-"
-                progress.console.print(
-                    f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.5f}, validation {val}"
-                    f"{' (best)' if report.improved else ''}, {report.seconds:.1f} s"
-                )
-
+        with training_progress(epochs) as shown:
             result = train_from_folder(
                 pictures,
                 model_config,
@@ -853,8 +991,8 @@ def train_autoencoder_cmd(
                 out,
                 device=settings.device,
                 resume=resume,
-                on_step=on_step,
-                on_epoch=on_epoch,
+                on_step=shown.on_step,
+                on_epoch=shown.on_epoch,
             )
         best = f"{result.best_val_loss:.5f}" if result.best_val_loss is not None else "-"
         console.print(

@@ -89,6 +89,11 @@ class Encoder:
         """The pooling head (`cbir fit` sets a NetVLAD head's centroids through it)."""
         return self._head
 
+    @property
+    def projection(self) -> Projection | None:
+        """The fitted projection after pooling, if any (`cbir finetune` learns it again for its new head)."""
+        return self._projection
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, dim) rows in input order; only same-size pictures share a batch (padding changes pooling)."""
         out = np.zeros((len(images), self.dim), dtype=np.float32)

@@ -166,3 +166,34 @@ def test_cli_errors_for_fit_and_box(settings: Settings, tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["search", str(picture), "--box", "a,b"], env=env)
     assert bad.exit_code == 1
     assert "four numbers" in bad.output
+
+
+def test_cli_finetune_makes_an_encoder_that_reindex_switches_a_collection_to(
+    settings: Settings, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(10):
+        (photos / f"{seed}.jpg").write_bytes(image_bytes(seed))
+    env = {**cli_env(settings), "CBIR_HEAD": "gem"}
+    assert runner.invoke(cli, ["index", str(photos)], env=env).exit_code == 0
+    tuned = tmp_path / "gem.safetensors"
+    small = ["--epochs", "2", "--views", "2", "--crop", "48", "--train-batch", "4", "--validation", "0"]
+    # No folder: it learns from the collection's stored images.
+    run = runner.invoke(cli, ["finetune", "--out", str(tuned), *small], env=env)
+    assert run.exit_code == 0, run.output
+    assert "fine-tuned (self-supervised) on 10 pictures of collection" in run.output
+    assert "epoch 2/2" in run.output and f"--fitted {tuned}" in run.output
+    switched = {**env, "CBIR_FITTED": str(tuned)}
+    refused = runner.invoke(cli, ["search", str(photos / "3.jpg")], env=switched)
+    assert refused.exit_code == 1 and "cbir reindex" in refused.output
+    assert runner.invoke(cli, ["reindex"], env=switched).exit_code == 0
+    found = runner.invoke(cli, ["search", str(photos / "3.jpg"), "--json"], env=switched)
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.output)[0]["name"] == "3.jpg"
+    again = runner.invoke(cli, ["finetune", "--out", str(tuned), *small], env=env)
+    assert again.exit_code == 2 and "already exists: pass --resume" in again.output
+    gap = runner.invoke(cli, ["finetune", str(photos), *small], env=cli_env(settings))
+    assert gap.exit_code == 1 and "nothing to learn" in gap.output
+    labelless = runner.invoke(cli, ["finetune", "--classes", *small], env=env)
+    assert labelless.exit_code == 2 and "--classes needs a DIRECTORY" in labelless.output
