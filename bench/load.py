@@ -6,7 +6,7 @@ concurrent clients for `--seconds` (a mix of searches and uploads of new images)
 p50/p99 latency by kind, and status counts. 503s are the deliberate answer of a full inference queue
 (admission control); any other 5xx is a failure. Ends with one line of JSON.
 
-    python bench/load.py [--clients 32] [--seconds 60] [--upload-share 0.1] [--max-queue N]
+    python bench/load.py [--clients 32] [--seconds 60] [--upload-share 0.1] [--max-queue N] [--client-nice 10]
 """
 
 from __future__ import annotations
@@ -142,6 +142,13 @@ def main() -> None:
     parser.add_argument("--upload-share", type=float, default=0.1)
     parser.add_argument("--images", type=int, default=200, help="collection size before the load")
     parser.add_argument("--max-queue", type=int, default=None, help="CBIR_MAX_QUEUE (default: the service's)")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run the clients at this niceness (the server keeps 0): on a small machine, clients that would "
+        "be elsewhere in production then take the cores the server leaves, instead of competing for them",
+    )
     args = parser.parse_args()
 
     env_extra = {"CBIR_DEVICE": "cpu"}
@@ -152,6 +159,8 @@ def main() -> None:
         port = free_port()
         server = start_server(Path(tmp) / "data", port, env_extra, args.images)
         base = f"http://127.0.0.1:{port}"
+        if args.client_nice:
+            os.nice(args.client_nice)  # this process only: the server was started before
         try:
             quiet = asyncio.run(unloaded(base, queries, 100))
             busy_before, total_before = cpu_busy()
@@ -186,6 +195,7 @@ def main() -> None:
         json.dumps(
             {
                 "clients": args.clients,
+                "client_nice": args.client_nice,
                 "seconds": args.seconds,
                 "rps": round(len(results) / elapsed, 1),
                 "answered_rps": round(answered / elapsed, 1),

@@ -28,10 +28,11 @@ import torch
 from torchvision.transforms import v2
 
 from app.config import Settings
+from app.encoders import encoder_from_settings
 from app.services.decoding import Prepared, Skipped, load_files
 from app.services.fit import learn_projection
-from models import EncoderConfigError, build_encoder
-from models.encoder import Encoder, parse_scales
+from models import EncoderConfigError
+from models.encoder import Encoder
 from models.fitted import FittedParameters, load_fitted, save_fitted
 from models.preprocess import normalise_pixels, pixels_from_image
 from models.training import EpochReport
@@ -93,16 +94,11 @@ def finetune_encoder(
             f"{out if out.exists() else checkpoint} already exists: pass --resume to continue that run, or "
             "choose another --out"
         )
-    encoder = build_encoder(
-        settings.backbone,
-        settings.head,
-        weights=settings.weights,
-        max_side=settings.max_side,
-        device=settings.device,
-        batch_size=settings.batch_size,
-        scales=parse_scales(settings.scales),
-        fitted=settings.fitted,
-    )
+    encoder = encoder_from_settings(settings)
+    if not isinstance(encoder, Encoder):
+        raise EncoderConfigError(
+            "an autoencoder (--encoder dae:...) is trained with `cbir train autoencoder`"
+        )
     head = copy.deepcopy(encoder.head)
     if not any(True for _ in head.parameters()):
         raise EncoderConfigError(

@@ -292,20 +292,11 @@ def _save(
             "started_from": started_from,
             "data_id": data_id,
             "config": config.as_dict(),
-            "best": state.best,
+            "state": asdict(state),
             "head": _copy_state(head),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),
-            "epoch": state.epoch,
-            "best_loss": state.best_loss,
-            "first_val_loss": state.first_val_loss,
-            "best_epoch": state.best_epoch,
-            "bad_epochs": state.bad_epochs,
-            "history": state.history,
-            "seconds": state.seconds,
-            "finished": state.finished,
-            "stop_reason": state.stop_reason,
         },
     )
 
@@ -349,18 +340,7 @@ def _restore(
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     generator.set_state(saved["generator"])
-    return _RunState(
-        epoch=int(saved["epoch"]),
-        best_loss=saved["best_loss"],
-        first_val_loss=saved["first_val_loss"],
-        best_epoch=int(saved["best_epoch"]),
-        bad_epochs=int(saved["bad_epochs"]),
-        best=dict(saved["best"]),
-        history=list(saved["history"]),
-        seconds=float(saved["seconds"]),
-        finished=bool(saved["finished"]),
-        stop_reason=str(saved["stop_reason"]),
-    )
+    return _RunState(**saved["state"])
 
 
 def _result(state: _RunState, pictures: int, n_val: int, reason: str) -> HeadTrainResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ import torch
 from models import EncoderConfigError
 from models.heads import build_head
 from models.training import EpochReport
-from models.training.contrastive import ContrastiveConfig, contrastive_loss, train_head
+from models.training.contrastive import (
+    ContrastiveConfig,
+    HeadTrainResult,
+    contrastive_loss,
+    train_head,
+)
 
 
 class Interrupted(Exception):
@@ -58,21 +64,10 @@ def config(**kwargs: object) -> ContrastiveConfig:
 
 
 def test_training_lowers_the_held_out_loss_and_keeps_the_best_epoch(tmp_path: Path) -> None:
-    views = [views_of_prototypes()]
     head = netvlad()
     before = {k: v.clone() for k, v in head.state_dict().items()}
     reports: list[EpochReport] = []
-    result = train_head(
-        head,
-        views,
-        torch.arange(40),
-        config(epochs=6),
-        tmp_path / "run.ckpt",
-        started_from="enc-a",
-        data_id="pictures",
-        device=torch.device("cpu"),
-        on_epoch=reports.append,
-    )
+    result = train(head, tmp_path / "run.ckpt", settings=config(epochs=6), on_epoch=reports.append)
     assert result.first_val_loss is not None and result.best_val_loss is not None
     assert result.best_val_loss < result.first_val_loss
     assert [r.epoch for r in reports] == list(range(1, 7)) and result.pictures == 40
@@ -84,135 +79,73 @@ def test_training_lowers_the_held_out_loss_and_keeps_the_best_epoch(tmp_path: Pa
     assert not any(p.requires_grad for p in head.parameters())
 
 
+def train(
+    head: torch.nn.Module,
+    path: Path,
+    *,
+    views: list[torch.Tensor] | None = None,
+    groups: torch.Tensor | None = None,
+    settings: ContrastiveConfig | None = None,
+    started_from: str = "a",
+    data_id: str = "d",
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> HeadTrainResult:
+    """train_head on 40 prototype pictures (one scale) unless told otherwise."""
+    views = views if views is not None else [views_of_prototypes()]
+    return train_head(
+        head,
+        views,
+        groups if groups is not None else torch.arange(len(views[0])),
+        settings or config(),
+        path,
+        started_from=started_from,
+        data_id=data_id,
+        device=torch.device("cpu"),
+        resume=resume,
+        on_epoch=on_epoch,
+    )
+
+
 def test_an_interrupted_run_resumes_to_the_same_head(tmp_path: Path) -> None:
     views = [views_of_prototypes(), views_of_prototypes(seed=1)[:, :, :, :2, :2]]  # two scales
-    groups = torch.arange(40)
-    common = {"started_from": "enc-a", "data_id": "pictures", "device": torch.device("cpu")}
     whole = netvlad()
-    train_head(whole, views, groups, config(), tmp_path / "whole.ckpt", **common)  # type: ignore[arg-type]
+    train(whole, tmp_path / "whole.ckpt", views=views)
 
     def stop_after_two(report: EpochReport) -> None:
         if report.epoch == 2:
             raise Interrupted
 
-    cut = netvlad()
     with pytest.raises(Interrupted):
-        train_head(cut, views, groups, config(), tmp_path / "cut.ckpt", on_epoch=stop_after_two, **common)  # type: ignore[arg-type]
+        train(netvlad(), tmp_path / "cut.ckpt", views=views, on_epoch=stop_after_two)
     resumed = netvlad()
     epochs: list[EpochReport] = []
-    result = train_head(
-        resumed,
-        views,
-        groups,
-        config(),
-        tmp_path / "cut.ckpt",
-        resume=True,
-        on_epoch=epochs.append,
-        **common,  # type: ignore[arg-type]
-    )
+    result = train(resumed, tmp_path / "cut.ckpt", views=views, resume=True, on_epoch=epochs.append)
     assert [r.epoch for r in epochs] == [3, 4] and result.epochs_run == 4
     for key, value in whole.state_dict().items():
         assert torch.allclose(resumed.state_dict()[key].float(), value.float(), atol=1e-6), key
-    again = train_head(netvlad(), views, groups, config(), tmp_path / "cut.ckpt", resume=True, **common)  # type: ignore[arg-type]
+    again = train(netvlad(), tmp_path / "cut.ckpt", views=views, resume=True)
     assert again.stop_reason == "already finished"
 
 
 def test_resuming_with_another_encoder_pictures_or_settings_is_refused(tmp_path: Path) -> None:
-    views, groups = [views_of_prototypes()], torch.arange(40)
     path = tmp_path / "run.ckpt"
-    train_head(
-        netvlad(),
-        views,
-        groups,
-        config(epochs=1),
-        path,
-        started_from="a",
-        data_id="d",
-        device=torch.device("cpu"),
-    )
-    cpu = torch.device("cpu")
+    train(netvlad(), path, settings=config(epochs=1))
     with pytest.raises(EncoderConfigError, match="fine-tunes encoder a, configured b"):
-        train_head(
-            netvlad(),
-            views,
-            groups,
-            config(epochs=1),
-            path,
-            started_from="b",
-            data_id="d",
-            device=cpu,
-            resume=True,
-        )
+        train(netvlad(), path, settings=config(epochs=1), started_from="b", resume=True)
     with pytest.raises(ValueError, match="other pictures"):
-        train_head(
-            netvlad(),
-            views,
-            groups,
-            config(epochs=1),
-            path,
-            started_from="a",
-            data_id="e",
-            device=cpu,
-            resume=True,
-        )
+        train(netvlad(), path, settings=config(epochs=1), data_id="e", resume=True)
     with pytest.raises(ValueError, match="same settings"):
-        train_head(
-            netvlad(),
-            views,
-            groups,
-            config(epochs=2),
-            path,
-            started_from="a",
-            data_id="d",
-            device=cpu,
-            resume=True,
-        )
+        train(netvlad(), path, settings=config(epochs=2), resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train_head(
-            netvlad(),
-            views,
-            groups,
-            config(),
-            tmp_path / "none",
-            started_from="a",
-            data_id="d",
-            device=cpu,
-            resume=True,
-        )
+        train(netvlad(), tmp_path / "none", resume=True)
 
 
 def test_a_head_without_parameters_or_too_few_pictures_is_refused(tmp_path: Path) -> None:
-    views, cpu = [views_of_prototypes()], torch.device("cpu")
+    views = views_of_prototypes()
     with pytest.raises(EncoderConfigError, match="no parameter to fine-tune"):
-        train_head(
-            build_head("gap", 8),
-            views,
-            torch.arange(40),
-            config(),
-            tmp_path / "x",
-            started_from="a",
-            data_id="d",
-            device=cpu,
-        )
+        train(build_head("gap", 8), tmp_path / "x")
     with pytest.raises(ValueError, match="too few"):
-        train_head(
-            netvlad(),
-            [views[0][:3]],
-            torch.arange(3),
-            config(),
-            tmp_path / "x",
-            started_from="a",
-            data_id="d",
-            device=cpu,
-        )
+        train(netvlad(), tmp_path / "x", views=[views[:3]])
     with pytest.raises(ValueError, match="at least 2 views"):
-        train_head(
-            netvlad(),
-            [views[0][:, :1]],
-            torch.arange(40),
-            config(),
-            tmp_path / "x",
-            started_from="a",
-            data_id="d",
-            device=cpu,
-        )
+        train(netvlad(), tmp_path / "x", views=[views[:, :1]])
