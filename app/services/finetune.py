@@ -30,10 +30,10 @@ from torchvision.transforms import v2
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.services.decoding import Prepared, Skipped, load_files
-from app.services.fit import learn_projection
+from app.services.fit import learn_projection, parameters_of
 from models import EncoderConfigError
 from models.encoder import Encoder
-from models.fitted import FittedParameters, load_fitted, save_fitted
+from models.fitted import load_fitted, save_fitted
 from models.preprocess import normalise_pixels, pixels_from_image
 from models.training import EpochReport
 from models.training.autoencoder import StepCallback
@@ -149,15 +149,11 @@ def finetune_encoder(
             ]
         projection = learn_projection(torch.cat(pooled).numpy(), old.out_dim, old.eigen_power)
         described = f"{projection.out_dim}-d, eigen-power {old.eigen_power:g}, learned again"
-    params = FittedParameters(
-        backbone=encoder.backbone_name,
-        weights_id=encoder.weights_id,
-        head=head.name,
-        head_config=head.config(),
-        max_side=encoder.max_side,
-        scales=list(encoder.scales),
-        head_state={key: value.detach().cpu() for key, value in head.state_dict().items()},
-        projection=projection,
+    params = parameters_of(
+        encoder,
+        head,
+        projection,
+        with_state=True,
         fitted_on={
             "source": source,
             "images": len(digests),

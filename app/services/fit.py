@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -33,6 +34,7 @@ from app.services.decoding import Prepared, Skipped, load_files
 from models import EncoderConfigError, build_encoder, to_tensor
 from models.encoder import Encoder, parse_scales
 from models.fitted import FittedParameters, save_fitted
+from models.heads import Head
 from models.heads.netvlad import NetVLAD
 from models.projection import Projection
 
@@ -43,6 +45,7 @@ __all__ = [
     "fit_parameters",
     "kmeans_centroids",
     "learn_projection",
+    "parameters_of",
     "stored_image_paths",
 ]
 
@@ -202,17 +205,11 @@ def fit_parameters(
         if report is not None:
             report.projection = f"{projection.out_dim}-d, eigen-power {options.eigen_power:g}"
 
-    return FittedParameters(
-        backbone=encoder.backbone_name,
-        weights_id=encoder.weights_id,
-        head=head.name,
-        head_config=head.config(),
-        max_side=encoder.max_side,
-        scales=list(encoder.scales),
-        head_state={key: value.detach().cpu() for key, value in head.state_dict().items()}
-        if head.needs_fitting
-        else {},
-        projection=projection,
+    return parameters_of(
+        encoder,
+        head,
+        projection,
+        with_state=head.needs_fitting,
         fitted_on={
             "source": source,
             "images": len(maps),
@@ -221,6 +218,30 @@ def fit_parameters(
             "seed": options.seed,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
+    )
+
+
+def parameters_of(
+    encoder: Encoder,
+    head: Head,
+    projection: Projection | None,
+    *,
+    with_state: bool,
+    fitted_on: dict[str, Any],
+) -> FittedParameters:
+    """The file's contents for ``head`` and ``projection`` learned on ``encoder``'s feature maps."""
+    return FittedParameters(
+        backbone=encoder.backbone_name,
+        weights_id=encoder.weights_id,
+        head=head.name,
+        head_config=head.config(),
+        max_side=encoder.max_side,
+        scales=list(encoder.scales),
+        head_state={key: value.detach().cpu() for key, value in head.state_dict().items()}
+        if with_state
+        else {},
+        projection=projection,
+        fitted_on=fitted_on,
     )
 
 

@@ -32,12 +32,10 @@ from models.autoencoder import (
     write_checkpoint,
 )
 from models.encoder import resolve_device
+from models.training.epochs import EpochLedger, EpochReport
 from models.training.noise import NoiseConfig, corrupt
 
 __all__ = ["EpochReport", "StepCallback", "TrainConfig", "TrainResult", "train_autoencoder"]
-
-# A validation loss must beat the best by this fraction to count as progress (not just float jitter).
-_MIN_IMPROVEMENT = 1e-4
 
 
 @dataclass(frozen=True)
@@ -76,17 +74,6 @@ class TrainConfig:
         values = dict(values)
         noise = NoiseConfig(**values.pop("noise", {}))
         return cls(noise=noise, **values)
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    epoch: int  # 1-based
-    epochs: int
-    train_loss: float
-    val_loss: float | None
-    best_epoch: int
-    improved: bool
-    seconds: float  # this epoch's
 
 
 @dataclass(frozen=True)
@@ -186,21 +173,11 @@ def train_autoencoder(
                 on_step(epoch, step, len(starts), total / seen)
         train_loss = total / seen
         val_loss = _validation_loss(model, val_inputs, val_images, train_config.batch_size, cuda)
-        improved = (
-            val_loss is None or state.best_loss is None or val_loss < state.best_loss * (1 - _MIN_IMPROVEMENT)
+        report = state.close_epoch(
+            epoch, train_config.epochs, train_loss, val_loss, patience=train_config.patience, started=started
         )
-        if improved:
-            state.best_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+        if report.improved:
             state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
-        state.seconds += time.perf_counter() - started
-        stop = "early stopping" if n_val and state.bad_epochs >= train_config.patience else ""
-        if epoch == train_config.epochs and not stop:
-            stop = "epochs"
-        state.finished, state.stop_reason = bool(stop), stop
         _save(
             out,
             model_config,
@@ -215,33 +192,15 @@ def train_autoencoder(
             n_val,
         )
         if on_epoch is not None:
-            on_epoch(
-                EpochReport(
-                    epoch=epoch,
-                    epochs=train_config.epochs,
-                    train_loss=train_loss,
-                    val_loss=val_loss,
-                    best_epoch=state.best_epoch,
-                    improved=improved,
-                    seconds=time.perf_counter() - started,
-                )
-            )
-        if stop:
+            on_epoch(report)
+        if state.finished:
             break
     return _result(out, state, len(images), n_val, state.stop_reason)
 
 
 @dataclass
-class _RunState:
-    epoch: int = 0  # epochs completed
-    best_loss: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
+class _RunState(EpochLedger):
     best_model: dict[str, torch.Tensor] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    finished: bool = False
-    stop_reason: str = ""
     fingerprint: str = ""
 
 

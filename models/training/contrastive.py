@@ -30,12 +30,12 @@ from torch import nn
 
 from models.autoencoder import write_checkpoint
 from models.errors import EncoderConfigError
-from models.training.autoencoder import EpochReport, StepCallback
+from models.training.autoencoder import StepCallback
+from models.training.epochs import EpochLedger, EpochReport
 
 __all__ = ["CHECKPOINT_FORMAT", "ContrastiveConfig", "HeadTrainResult", "contrastive_loss", "train_head"]
 
 CHECKPOINT_FORMAT = "cbir-head-finetune/1"
-_MIN_IMPROVEMENT = 1e-4  # a validation loss must beat the best by this fraction to count as progress
 
 
 @dataclass(frozen=True)
@@ -202,35 +202,15 @@ def train_head(
                 on_step(epoch, step, steps, total / step)
         train_loss = total / steps
         val_loss = validation_loss()
-        improved = (
-            val_loss is None or state.best_loss is None or val_loss < state.best_loss * (1 - _MIN_IMPROVEMENT)
+        report = state.close_epoch(
+            epoch, config.epochs, train_loss, val_loss, patience=config.patience, started=started
         )
-        if improved:
-            state.best_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+        if report.improved:
             state.best = _copy_state(head)
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
-        state.seconds += time.perf_counter() - started
-        stop = "early stopping" if n_val and state.bad_epochs >= config.patience else ""
-        if epoch == config.epochs and not stop:
-            stop = "epochs"
-        state.finished, state.stop_reason = bool(stop), stop
         _save(checkpoint, config, started_from, data_id, state, head, optimizer, scheduler, generator)
         if on_epoch is not None:
-            on_epoch(
-                EpochReport(
-                    epoch=epoch,
-                    epochs=config.epochs,
-                    train_loss=train_loss,
-                    val_loss=val_loss,
-                    best_epoch=state.best_epoch,
-                    improved=improved,
-                    seconds=time.perf_counter() - started,
-                )
-            )
-        if stop:
+            on_epoch(report)
+        if state.finished:
             break
     head.load_state_dict(state.best)
     head.eval().requires_grad_(False)
@@ -257,17 +237,9 @@ def _batch_loss(
 
 
 @dataclass
-class _RunState:
-    epoch: int = 0
-    best_loss: float | None = None
+class _RunState(EpochLedger):
     first_val_loss: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
     best: dict[str, torch.Tensor] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    finished: bool = False
-    stop_reason: str = ""
 
 
 def _copy_state(head: nn.Module) -> dict[str, torch.Tensor]:
