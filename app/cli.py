@@ -398,6 +398,13 @@ def stats(
         for key, value in figures.items():
             table.add_row(key, str(value))
         console.print(table)
+        removed = int(figures["removed_entries"])
+        if removed:
+            console.print(
+                f"the HNSW index still holds the vectors of {removed} deleted images "
+                f"({removed / (removed + int(figures['indexed'])):.0%} of its entries): "
+                "`cbir index-build` rebuilds it without them"
+            )
 
 
 @app.command()

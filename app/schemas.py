@@ -92,6 +92,10 @@ class StatsOut(BaseModel):
     encoder: str
     index_type: str
     device: str
+    removed_entries: int = Field(
+        description="Deleted images whose vectors an HNSW index still holds (memory, search time) until "
+        "`cbir index-build` rebuilds it; 0 for the other index types."
+    )
 
 
 class HealthOut(BaseModel):

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.config import Settings
+from app.encoders import encoder_from_settings
+from app.services.collection import Collection
 from index import VectorIndex
 from tests.app.conftest import image_bytes
 
@@ -79,7 +81,17 @@ def test_index_build_and_search_options_on_the_command_line(settings: Settings) 
         ["search", str(folder / "3.jpg"), "-k", "2", "--json", "--ef-search", "16"],
         env={**env, "CBIR_INDEX_TYPE": "hnsw"},
     )
-    assert found.exit_code == 0, found.output and '"3.jpg"' in found.output
+    assert found.exit_code == 0 and '"3.jpg"' in found.output, found.output
+    stats = runner.invoke(app, ["stats"], env={**env, "CBIR_INDEX_TYPE": "hnsw"})
+    assert stats.exit_code == 0 and "removed_entries" in stats.output, stats.output
+    assert "still holds" not in stats.output, "nothing was deleted"
+    hnsw = settings.model_copy(update={"backbone": "tiny_random", "max_side": 64, "index_type": "hnsw"})
+    collection = Collection.open(hnsw, encoder_from_settings(hnsw))
+    collection.delete(int(collection.index.ids()[0]))
+    collection.save_index()
+    collection.close()
+    stats = runner.invoke(app, ["stats"], env={**env, "CBIR_INDEX_TYPE": "hnsw"})
+    assert "still holds the vectors of 1 deleted images (17% of its entries)" in stats.output, stats.output
 
     bad_type = runner.invoke(app, ["index-build", "--type", "annoy"], env=env)
     assert bad_type.exit_code == 2 and "index_type" in bad_type.output

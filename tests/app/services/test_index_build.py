@@ -112,3 +112,20 @@ def test_configured_type_other_than_the_files_is_rebuilt_at_open(
 def test_index_build_of_an_empty_collection_says_what_to_do(settings: Settings) -> None:
     with pytest.raises(IndexBuildError, match="holds no vectors: add images"):
         rebuild_index(settings)
+
+
+def test_deleted_images_an_hnsw_index_still_holds_are_counted_until_index_build(settings: Settings) -> None:
+    hnsw = settings.model_copy(update={"index_type": "hnsw"})
+    collection = open_collection(hnsw)
+    ids = fill(collection, 20)
+    assert collection.index.index_type == "hnsw" and collection.stats()["removed_entries"] == 0
+    for image_id in ids[:3]:
+        collection.delete(int(image_id))
+    assert collection.stats()["removed_entries"] == 3 and collection.stats()["indexed"] == 17
+    collection.save_index()
+    collection.close()
+
+    rebuild_index(hnsw)
+    reopened = open_collection(hnsw)
+    assert reopened.stats()["removed_entries"] == 0 and reopened.stats()["indexed"] == 17
+    reopened.close()
