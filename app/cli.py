@@ -184,6 +184,13 @@ def training_progress(epochs: int, reading: int | None = None) -> Iterator[Train
         yield TrainingProgress(on_read, on_step, on_epoch)
 
 
+def how_it_ended(stop_reason: str, epochs_run: int) -> str:
+    """A training run's stop reason ("epochs", "early stopping", "already finished") as words."""
+    if stop_reason == "epochs":
+        return f"ran all {epochs_run} epochs"
+    return f"{stop_reason} after {epochs_run} epochs"
+
+
 def open_collection(settings: Settings, **kwargs: Any) -> Collection:
     from app.encoders import encoder_from_settings
 
@@ -668,9 +675,10 @@ def finetune(
             losses = f"{run.first_val_loss:.4f} -> {run.best_val_loss:.4f}"
         kind = f"supervised, {report.classes} classes" if report.classes else "self-supervised"
         console.print(
-            f"fine-tuned ({kind}) on {run.pictures} pictures of {source}: {run.stop_reason} after "
-            f"{run.epochs_run} epochs, {run.seconds:.0f} s; best epoch {run.best_epoch}, validation loss "
-            f"{losses}" + (f"; projection {report.projection}" if report.projection else ""),
+            f"fine-tuned ({kind}) on {run.pictures} pictures of {source}: "
+            + f"{how_it_ended(run.stop_reason, run.epochs_run)}, {run.seconds:.0f} s; "
+            + f"best epoch {run.best_epoch}, validation loss {losses}"
+            + (f"; projection {report.projection}" if report.projection else ""),
             highlight=False,
         )
         if report.skipped:
@@ -1003,7 +1011,7 @@ def train_autoencoder_cmd(
             )
         best = f"{result.best_val_loss:.5f}" if result.best_val_loss is not None else "-"
         console.print(
-            f"saved {out} ({result.stop_reason} after {result.epochs_run} epochs, {result.seconds:.0f} s; "
+            f"saved {out} ({how_it_ended(result.stop_reason, result.epochs_run)}, {result.seconds:.0f} s; "
             f"best epoch {result.best_epoch}, validation loss {best})\n"
             f"fingerprint {result.fingerprint}\n"
             f"use it with --encoder dae:{out} or CBIR_ENCODER=dae:{out}",

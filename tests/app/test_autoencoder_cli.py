@@ -52,7 +52,7 @@ def test_train_index_search_denoise_and_switch_back(
     trained = invoke(env, "train", "autoencoder", str(photos), "-o", str(model), "--epochs", "2", *TINY_FLAGS)
     assert trained.exit_code == 0, trained.output
     assert "training on 24 pictures (1 duplicates, 1 unreadable skipped)" in trained.output
-    assert "epoch 2/2" in trained.output
+    assert "epoch 2/2" in trained.output and "ran all 2 epochs" in trained.output
     assert f"--encoder dae:{model}" in trained.output
     fingerprint = trained.output.split("fingerprint ")[1].split()[0]
     assert fingerprint.startswith("dae@")
@@ -63,7 +63,7 @@ def test_train_index_search_denoise_and_switch_back(
         env, "train", "autoencoder", str(photos), "-o", str(model), "--epochs", "2", "--resume", *TINY_FLAGS
     )
     assert resumed.exit_code == 0, resumed.output
-    assert "already finished" in resumed.output and fingerprint in resumed.output
+    assert "already finished after 2 epochs" in resumed.output and fingerprint in resumed.output
 
     dae_env = {**env, "CBIR_ENCODER": f"dae:{model}"}
     indexed = invoke(dae_env, "index", str(photos))

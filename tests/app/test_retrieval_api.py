@@ -183,7 +183,9 @@ def test_cli_finetune_makes_an_encoder_that_reindex_switches_a_collection_to(
     run = runner.invoke(cli, ["finetune", "--out", str(tuned), *small], env=env)
     assert run.exit_code == 0, run.output
     assert "fine-tuned (self-supervised) on 10 pictures of collection" in run.output
-    assert "epoch 2/2" in run.output and f"--fitted {tuned}" in run.output
+    assert (
+        "epoch 2/2" in run.output and "ran all 2 epochs" in run.output and f"--fitted {tuned}" in run.output
+    )
     switched = {**env, "CBIR_FITTED": str(tuned)}
     refused = runner.invoke(cli, ["search", str(photos / "3.jpg")], env=switched)
     assert refused.exit_code == 1 and "cbir reindex" in refused.output
