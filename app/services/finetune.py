@@ -10,8 +10,11 @@ pixels; the backbone runs once per view (on the GPU when present) and the traini
 models/training/contrastive.py reuses those feature maps every epoch. The result is a file of fitted
 parameters like `cbir fit`'s: the trained head, and, when the encoder had a projection, one learned
 again (same dimension and whitening) on the fine-tuned descriptors, since the old one was learned for
-the old head. Its new file id changes the encoder fingerprint, so a collection built before asks for
-`cbir reindex`.
+the old head. It is learned on the descriptors of each picture's first view (a crop), which are already
+computed, not of the whole picture as served: learning it on whole pictures costs one more forward pass a
+picture and measured no better (Corel-1K, NetVLAD K=8 with PCA 512, self-supervised: mAP 0.9071 on the
+crops, 0.9056 on the whole pictures). Its new file id changes the encoder fingerprint, so a collection
+built before asks for `cbir reindex`.
 """
 
 from __future__ import annotations
