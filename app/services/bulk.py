@@ -25,7 +25,7 @@ from app.services.decoding import Skipped, list_files
 from app.services.loading import LoadOptions, batch_loader
 from app.services.pipeline import Chunk, DeviceStage, ShapeBatcher, ahead, embed_later, wait_for
 from app.services.sources import SourceItem, resolve_source
-from models import Encoder
+from models import Encoder, ImageEncoder
 
 __all__ = ["BulkReport", "batched", "index_directory", "index_files", "index_source", "list_files"]
 
@@ -75,6 +75,7 @@ class _Writer:
         self, collection: Collection, report: BulkReport, copy_files: bool, on_progress: Progress | None
     ) -> None:
         self.collection, self.report = collection, report
+        self.made_by = collection.encoder.fingerprint  # the encoder the run embeds with, to its end
         self.copy_files, self.on_progress = copy_files, on_progress
         self.done = 0
         self.since_save = 0
@@ -91,7 +92,9 @@ class _Writer:
         report = self.report
         for chunk, vectors_when_ready in embedded:
             vectors = vectors_when_ready()
-            added, duplicates = self.collection.ingest_many(chunk.items, vectors, copy_files=self.copy_files)
+            added, duplicates = self.collection.ingest_many(
+                chunk.items, vectors, copy_files=self.copy_files, made_by=self.made_by
+            )
             report.added += added
             report.duplicates += duplicates
             self.since_save += added
@@ -146,7 +149,7 @@ def index_files(
         pending: deque[Future[None]] = deque()
 
         def submit(chunks: list[Chunk], dropped: int = 0, skipped: Sequence[Skipped] = ()) -> None:
-            embedded = [(chunk, _embed(collection, chunk, pad_to)) for chunk in chunks]
+            embedded = [(chunk, _embed(collection, encoder, chunk, pad_to)) for chunk in chunks]
             pending.append(writes.submit(writer, embedded, dropped, skipped))
             while len(pending) > WRITES_IN_FLIGHT or (pending and pending[0].done()):
                 pending.popleft().result()
@@ -168,9 +171,11 @@ def index_files(
     return report
 
 
-def _embed(collection: Collection, chunk: Chunk, pad_to: int | None) -> Callable[[], np.ndarray]:
+def _embed(
+    collection: Collection, encoder: ImageEncoder, chunk: Chunk, pad_to: int | None
+) -> Callable[[], np.ndarray]:
     with collection.gate.slot(), collection.meter.running(len(chunk.items)):
-        return embed_later(collection.encoder, chunk, pad_to=pad_to)
+        return embed_later(encoder, chunk, pad_to=pad_to)
 
 
 def index_directory(

@@ -387,14 +387,23 @@ class Collection:
             return session.scalars(select(Image).where(Image.sha256 == digest)).first()
 
     def ingest(
-        self, items: Sequence[Storable], vectors: np.ndarray, *, copy_files: bool = True
+        self,
+        items: Sequence[Storable],
+        vectors: np.ndarray,
+        *,
+        copy_files: bool = True,
+        made_by: str | None = None,
     ) -> list[Added]:
-        """Store a batch in one transaction, then add it to the index (not saved: see save_index)."""
+        """Store a batch in one transaction, then add it to the index (not saved: see save_index).
+
+        ``made_by``: the fingerprint of the encoder that computed ``vectors`` (None: the current one).
+        """
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         results: list[Added] = []
         staged: list[Path] = []
         with self._write_lock:
+            self._refuse_if_swapped(made_by)
             try:
                 self._insert_rows(items, vectors, results, staged, copy_files)
             except BaseException:
@@ -446,6 +455,17 @@ class Collection:
                 results.append(Added(row, duplicate=False))
             session.flush()
 
+    def _refuse_if_swapped(self, made_by: str | None) -> None:
+        """Vectors embedded before this process swapped in a new encoder must not be stored under it.
+
+        Called under the write lock, which the swap (_switch) takes too.
+        """
+        if made_by is not None and made_by != self.encoder.fingerprint:
+            raise ServiceBusyError(
+                f"the collection switched to encoder '{self.encoder.fingerprint}' while these images were "
+                f"embedded by '{made_by}' (`cbir reindex`): retry, and they are embedded by the new one"
+            )
+
     def _refuse_if_switched(self, session: Session, advice: str) -> None:
         """Writes under an encoder that `cbir reindex` has just replaced would mix vector spaces."""
         active = read_active(session)
@@ -455,7 +475,12 @@ class Collection:
             )
 
     def ingest_many(
-        self, items: Sequence[Storable], vectors: np.ndarray, *, copy_files: bool = True
+        self,
+        items: Sequence[Storable],
+        vectors: np.ndarray,
+        *,
+        copy_files: bool = True,
+        made_by: str | None = None,
     ) -> tuple[int, int]:
         """The bulk job's ingest: one transaction, one FAISS add; returns (added, duplicates).
 
@@ -467,6 +492,7 @@ class Collection:
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         staged: list[Path] = []
         with self._write_lock:
+            self._refuse_if_swapped(made_by)
             try:
                 with self.sessions.begin() as session:
                     self._refuse_if_switched(session, "restart the bulk job with the new settings")
@@ -509,8 +535,10 @@ class Collection:
         existing = self.find_by_sha256(sha256_of(data))
         if existing is not None:
             return Added(existing, duplicate=True)
+        encoder = self.encoder  # a reindex may swap self.encoder while this upload is embedded
         item = self.prepare_upload(data, name, meta)
-        [added] = self.ingest([item], self.embed_prepared([item], bounded=True))
+        vectors = self.embed_images([item.decoded.image], bounded=True, encoder=encoder)
+        [added] = self.ingest([item], vectors, made_by=encoder.fingerprint)
         if not added.duplicate:
             self.save_index()
         return added

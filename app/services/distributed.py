@@ -208,6 +208,7 @@ def index_with_ray(
         [{"path": str(item.path.resolve()), "meta": json.dumps(item.meta)} for item in items]
     )
     batch_size = collection.encoder.batch_size
+    made_by = collection.encoder.fingerprint  # the workers build this encoder from the same settings
     results = dataset.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
@@ -235,7 +236,9 @@ def index_with_ray(
                 stored.append(_stored(batch, i))
                 vectors.append(np.frombuffer(batch["vector"][i], dtype="<f4"))
         if stored:
-            added, duplicates = collection.ingest_many(stored, np.stack(vectors), copy_files=copy_files)
+            added, duplicates = collection.ingest_many(
+                stored, np.stack(vectors), copy_files=copy_files, made_by=made_by
+            )
             report.added += added
             report.duplicates += duplicates
             since_save += added

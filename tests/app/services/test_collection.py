@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import CollectionMismatchError
 from app.services.collection import Collection
+from app.services.decoding import sha256_of
+from app.services.gate import ServiceBusyError
+from app.services.reindex import reindex_collection
 from index import VectorIndex
 from tests.app.conftest import image_bytes
 
@@ -146,3 +151,32 @@ def test_a_crash_between_file_and_commit_is_settled_at_the_next_open(settings: S
     assert not list(files.root.rglob(f".pending-{dead}-*"))
     assert collection.file_path(collection.get(kept_id)).exists()
     collection.close()
+
+
+def test_an_upload_embedded_before_an_encoder_swap_is_refused_not_mislabelled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = open_collection(settings)
+    add(service, range(2))
+    gem = settings.model_copy(update={"head": "gem"})
+    switched_to = reindex_collection(gem).fingerprint  # `cbir reindex` in another process
+    embed = service.embed_images
+
+    def embed_then_swap(*args: object, **kwargs: object) -> np.ndarray:
+        vectors = embed(*args, **kwargs)  # type: ignore[arg-type]
+        service._switch(switched_to)  # the service follows the reindex while the upload is embedded
+        return vectors
+
+    monkeypatch.setattr(service, "embed_images", embed_then_swap)
+    with pytest.raises(ServiceBusyError, match=r"while these images were embedded by .*: retry"):
+        service.add_upload(image_bytes(7), "7.jpg")
+    assert service.encoder.fingerprint == switched_to
+    assert service.count() == 2 and service.index.ntotal == 2
+    assert service.find_by_sha256(sha256_of(image_bytes(7))) is None
+    monkeypatch.undo()
+    added = service.add_upload(image_bytes(7), "7.jpg")  # the retry is embedded by the new encoder
+    assert added.image.encoder == switched_to
+    stored = np.frombuffer(added.image.vector, dtype="<f4")
+    picture = Image.open(io.BytesIO(image_bytes(7))).convert("RGB")
+    assert np.allclose(stored, service.encoder.embed([picture])[0], atol=1e-6)
+    service.close()
