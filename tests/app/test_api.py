@@ -43,7 +43,12 @@ def test_health_and_docs(client: TestClient) -> None:
     health = client.get("/health")
     assert health.status_code == 200
     assert health.json() == {"status": "ready", "model_loaded": True, "index_loaded": True}
-    assert client.get("/docs").status_code == 200
+    html = client.get("/docs")
+    assert html.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in html.text
+    assert "https://" not in html.text, "the docs must work offline: nothing from a CDN"
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        assert client.get(f"/docs-assets/{asset}").status_code == 200, asset
+    assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
     paths = client.get("/openapi.json").json()["paths"]
     assert {
         "/images",

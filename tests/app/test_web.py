@@ -221,3 +221,25 @@ def test_search_click_and_box_in_chromium(server: str, tmp_path: Path) -> None:
             assert "{" not in message.inner_text()
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_the_api_docs_render_offline_in_chromium(server: str) -> None:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"Debian's Chromium is missing at {CHROMIUM}: run `make browser`")
+    from playwright.sync_api import expect, sync_playwright
+
+    elsewhere: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: None if r.url.startswith(server) else elsewhere.append(r.url))
+            page.set_default_timeout(60_000)
+            page.goto(f"{server}/docs")
+            # Swagger UI read the OpenAPI 3.1 document and lists the endpoints.
+            expect(page.locator(".opblock-summary-path", has_text="/search").first).to_be_visible()
+            expect(page.locator(".opblock")).not_to_have_count(0)
+        finally:
+            browser.close()
+    assert not [url for url in elsewhere if not url.startswith(("data:", f"blob:{server}"))], elsewhere
