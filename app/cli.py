@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -32,7 +34,7 @@ from rich.text import Text
 from app.config import Settings
 from app.errors import CbirError
 from app.services import bulk
-from app.services.collection import Collection
+from app.services.collection import Collection, require_collection
 from app.services.evaluation import evaluate_folder
 from app.services.keys import Role, create_key, list_keys, revoke_key
 from app.services.queries import parse_box
@@ -42,11 +44,15 @@ from models import EncoderConfigError, ImageEncoder
 from models.training import EpochReport
 
 app = typer.Typer(
-    help="Content-based image retrieval: index a collection and find similar images.", no_args_is_help=True
+    help="Content-based image retrieval: index a collection and find similar images.",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # help texts show defaults as [env CBIR_X; value]: not markup
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
-train_app = typer.Typer(help="Train a model on your own pictures.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train a model on your own pictures.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(train_app, name="train")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -94,7 +100,24 @@ def make_settings(flags: dict[str, Any]) -> Settings:
     Commands pass their ``locals()``: every parameter named like a setting and given a value overrides it.
     """
     given = {key: value for key, value in flags.items() if key in Settings.model_fields and value is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ValueError(invalid_settings_message(exc, set(given))) from exc
+    except SettingsError as exc:  # an environment value that is not even parseable (lists want JSON)
+        raise ValueError(
+            f"{exc}: settings that hold lists take JSON, e.g. CBIR_CORS_ORIGINS='[\"https://example.com\"]'"
+        ) from exc
+
+
+def invalid_settings_message(exc: ValidationError, from_flags: set[str]) -> str:
+    """One line per bad setting, naming where it came from (flag or CBIR_ variable) and what it got."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = "its command-line flag" if field in from_flags else f"CBIR_{field.upper()}"
+        problems.append(f"setting {field} ({where}) is {error.get('input')!r}: {error['msg']}")
+    return "; ".join(problems) or str(exc)
 
 
 @contextmanager
@@ -191,10 +214,13 @@ def how_it_ended(stop_reason: str, epochs_run: int) -> str:
     return f"{stop_reason} after {epochs_run} epochs"
 
 
-def open_collection(settings: Settings, **kwargs: Any) -> Collection:
+def open_collection(settings: Settings, *, existing: bool = False) -> Collection:
+    """``existing``: refuse (rather than create) a collection that is not there, for the reading commands."""
     from app.encoders import encoder_from_settings
 
-    return Collection.open(settings, encoder_from_settings(settings), **kwargs)
+    if existing:
+        require_collection(settings)
+    return Collection.open(settings, encoder_from_settings(settings))
 
 
 @app.command()
@@ -222,8 +248,9 @@ def serve(
         settings = make_settings(locals())
         configure_logging(settings.log_level, settings.log_format)
         _share_cores(settings)
+        collection = open_collection(settings)
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, collection),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
@@ -357,9 +384,9 @@ def search(
     """Find the K images of the collection most similar to IMAGE."""
     with friendly_errors():
         settings = make_settings(locals())
-        collection = open_collection(settings)
-        asked = query_expansion is not None or database_augmentation is not None
         region = parse_box(box) if box is not None else None
+        collection = open_collection(settings, existing=True)
+        asked = query_expansion is not None or database_augmentation is not None
         hits = collection.search_image(image.read_bytes(), k, collection.rerank if asked else None, region)
         collection.close()
         if as_json:
@@ -398,7 +425,7 @@ def stats(
     """Size, dimension, encoder and index type of the collection."""
     with friendly_errors():
         settings = make_settings(locals())
-        collection = open_collection(settings)
+        collection = open_collection(settings, existing=True)
         figures = collection.stats()
         collection.close()
         table = Table(show_header=False)
@@ -408,7 +435,7 @@ def stats(
         removed = int(figures["removed_entries"])
         if removed:
             console.print(
-                f"the HNSW index still holds the vectors of {removed} deleted images "
+                f"the HNSW index still holds the vectors of {removed} deleted image{'s' * (removed != 1)} "
                 f"({removed / (removed + int(figures['indexed'])):.0%} of its entries): "
                 "`cbir index-build` rebuilds it without them"
             )
@@ -467,7 +494,7 @@ def evaluate(
         table = Table(title=f"{directory} — {report.images} images, {report.classes} classes")
         for key in ("mAP", "P@1", "P@5", "P@10", "img_s"):
             table.add_column(key, justify="right")
-        table.add_row(*(f"{figures[key]}" for key in ("mAP", "P@1", "P@5", "P@10", "img_s")))
+        table.add_row(*(f"{figures.get(key, 'n/a')}" for key in ("mAP", "P@1", "P@5", "P@10", "img_s")))
         console.print(table)
         if report.skipped:
             console.print(f"skipped {len(report.skipped)} unreadable files")
@@ -495,7 +522,7 @@ def _evaluate_instances(
     table = Table(title=f"{directory} — {report.images} images, {report.queries} queries from {ground_truth}")
     for key in columns:
         table.add_column(key, justify="right")
-    table.add_row(*(f"{figures[key]}" for key in columns))
+    table.add_row(*(f"{figures.get(key, 'n/a')}" for key in columns))
     console.print(table)
     if report.skipped:
         console.print(f"skipped {len(report.skipped)} unreadable files")
@@ -714,7 +741,7 @@ def duplicates(
 
     with friendly_errors():
         settings = make_settings(locals())
-        collection = open_collection(settings)
+        collection = open_collection(settings, existing=True)
         groups = duplicate_groups(collection, settings.duplicate_threshold)
         collection.close()
         if as_json:
@@ -866,15 +893,19 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
         console.print(f"database at {settings.db_url}: applied {len(todo)} migration(s) {todo}; now at head")
 
 
-keys_app = typer.Typer(help="API keys: once one exists, writes need a write key.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys: once one exists, writes need a write key.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 
 
-def _key_sessions(data_dir: Path | None, database_url: str | None) -> Any:
+def _key_sessions(data_dir: Path | None, database_url: str | None, *, creating: bool = False) -> Any:
     from app.db import migrate
     from app.db.session import make_engine, make_session_factory
 
     settings = make_settings(locals())
+    if not creating:
+        require_collection(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     migrate.upgrade(engine)
@@ -892,7 +923,7 @@ def keys_create(
 ) -> None:
     """Create a key and print it once: only its hash is stored."""
     with friendly_errors():
-        new = create_key(_key_sessions(data_dir, database_url), name or f"{role} key", role)
+        new = create_key(_key_sessions(data_dir, database_url, creating=True), name or f"{role} key", role)
         err_console.print(
             f"created key {new.row.id} ({new.row.role}, {new.row.name!r}); store it now, not shown again:",
         )

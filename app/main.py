@@ -16,7 +16,7 @@ from app.auth import authorize
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import error_response, install_error_handlers
-from app.routes import denoise, duplicates, health, images, pages, search, thumbnails
+from app.routes import denoise, docs, duplicates, health, images, pages, search, thumbnails
 from app.services.collection import Collection
 from app.services.keys import any_active
 
@@ -28,13 +28,15 @@ MULTIPART_SLACK = 64 * 1024
 INFERENCE_PATHS = frozenset({"/search", "/images", "/denoise"})
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, opened: Collection | None = None) -> FastAPI:
+    """``opened``: the collection, already opened by `cbir serve` so that a bad setting is one line of error
+    before the server starts rather than a traceback from its startup; otherwise the lifespan opens it."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        encoder = encoder_from_settings(settings)
-        collection = Collection.open(settings, encoder)
+        collection = opened or Collection.open(settings, encoder_from_settings(settings))
+        encoder = collection.encoder
         collection.meter = app.state.metrics
         app.state.collection = collection
         if not any_active(collection.sessions):
@@ -63,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
+        docs_url=None,  # app/routes/docs.py serves /docs without a CDN
+        redoc_url=None,  # ReDoc fetches from a CDN
     )
     app.state.settings = settings
     app.state.collection = None
@@ -112,5 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(thumbnails.router)
     pages.install(app)
+    docs.install(app)
     observability.install(app)  # last: its middleware is the outermost
     return app

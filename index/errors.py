@@ -56,5 +56,5 @@ class IndexFileError(VectorIndexError):
         self.reason = reason
         super().__init__(
             f"index at {path} cannot be loaded: {reason}; "
-            "rebuild it with `cbir reindex` (or restore it from a backup)"
+            "rebuild it from the database with `cbir index-build` (or restore it from a backup)"
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, Row, func, insert, select
+from sqlalchemy import Engine, Row, func, insert, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -675,6 +675,18 @@ class Collection:
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
             "removed_entries": self.index.tombstones,
         }
+
+
+def require_collection(settings: Settings) -> None:
+    """Commands that only read must not create an empty collection where a mistyped --data-dir points."""
+    url = make_url(settings.db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return  # a server database: opening it creates nothing on disk
+    if not Path(url.database).is_file():
+        raise NotFoundError(
+            f"there is no collection at {settings.data_dir}: {url.database} does not exist; check --data-dir "
+            "/ CBIR_DATA_DIR (or add images first with `cbir index`)"
+        )
 
 
 def _check_rows_encoder(engine: Engine, fingerprint: str) -> None:

@@ -111,5 +111,5 @@ def test_train_errors_say_what_to_do(env: dict[str, str], tmp_path: Path) -> Non
     assert bad.exit_code == 2 and "unknown noise 'speckle'" in bad.output
     not_resumable = invoke(env, "train", "autoencoder", str(empty), "-o", str(tmp_path / "m.pt"), "--resume")
     assert not_resumable.exit_code == 2 and "does not exist" in not_resumable.output
-    missing_model = invoke({**env, "CBIR_ENCODER": f"dae:{tmp_path / 'gone.pt'}"}, "stats")
+    missing_model = invoke({**env, "CBIR_ENCODER": f"dae:{tmp_path / 'gone.pt'}"}, "index", str(empty))
     assert missing_model.exit_code == 1 and "gone.pt" in missing_model.output

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,14 @@ def test_evaluate_prints_figures_and_a_json_last_line(env: dict[str, str], tmp_p
     assert figures["classes"] == 3
     assert {"mAP", "P@1", "P@5", "P@10", "encoder"} <= set(figures)
     assert 0.0 < figures["mAP"] <= 1.0
+    # Four images: P@5 and P@10 have too few answers to exist, and the table says so.
+    shutil.rmtree(root / "class2")
+    for name in ("2.png", "3.png"):
+        (root / "class0" / name).unlink()
+        (root / "class1" / name).unlink()
+    small = invoke(env, "evaluate", str(root))
+    assert small.exit_code == 0, small.output
+    assert "n/a" in small.output and "P@5" not in json.loads(small.output.strip().splitlines()[-1])
 
 
 def test_changing_the_encoder_needs_reindex(env: dict[str, str], folder: Path) -> None:
@@ -107,7 +118,15 @@ def test_errors_are_one_line_and_non_zero(env: dict[str, str], tmp_path: Path) -
     missing = runner.invoke(app, ["index", str(tmp_path / "nowhere")], env=env)
     assert missing.exit_code == 2
     assert "does not exist: give a directory, a glob pattern" in missing.output
-    unknown = runner.invoke(app, ["stats"], env={**env, "CBIR_BACKBONE": "nonesuch"})
+    typo = runner.invoke(app, ["stats"], env={**env, "CBIR_DATA_DIR": str(tmp_path / "typo")})
+    assert typo.exit_code == 1 and "there is no collection at" in typo.output
+    assert not (tmp_path / "typo").exists(), "a reading command created an empty collection"
+    for reading in (["search", str(tmp_path / "q.png")], ["duplicates"], ["keys", "list"]):
+        (tmp_path / "q.png").write_bytes(image_bytes(1, fmt="PNG"))
+        refused = runner.invoke(app, [*reading, "--data-dir", str(tmp_path / "typo")], env=env)
+        assert refused.exit_code == 1 and "check --data-dir" in refused.output, (reading, refused.output)
+    assert not (tmp_path / "typo").exists()
+    unknown = runner.invoke(app, ["index", str(tmp_path)], env={**env, "CBIR_BACKBONE": "nonesuch"})
     assert unknown.exit_code == 1
     assert "nonesuch" in unknown.output
     not_image = tmp_path / "q.jpg"
@@ -121,3 +140,38 @@ def test_db_upgrade(env: dict[str, str]) -> None:
     result = invoke(env, "db", "upgrade")
     assert result.exit_code == 0, result.output
     assert "now at head" in result.output
+
+
+def test_bad_settings_are_one_line_naming_the_flag_or_variable(env: dict[str, str]) -> None:
+    flag = runner.invoke(app, ["index-build", "--type", "annoy"], env=env)
+    assert flag.exit_code == 2
+    assert "setting index_type (its command-line flag) is 'annoy': Input should be" in flag.output
+    variable = runner.invoke(app, ["stats"], env={**env, "CBIR_BATCH_SIZE": "0"})
+    assert variable.exit_code == 2
+    assert "setting batch_size (CBIR_BATCH_SIZE) is '0': Input should be greater than" in variable.output
+    unparsed = runner.invoke(app, ["stats"], env={**env, "CBIR_CORS_ORIGINS": "https://x"})
+    assert unparsed.exit_code == 2 and "take JSON" in unparsed.output
+    for result in (flag, variable, unparsed):
+        assert "Traceback" not in result.output and "errors.pydantic.dev" not in result.output
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """`cbir serve` configures the root logger for the process: put it back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_serve_refuses_a_bad_encoder_in_one_line_before_it_starts(env: dict[str, str]) -> None:
+    # Each of these would block in uvicorn.run if serve got that far.
+    unknown = runner.invoke(app, ["serve", "--head", "foo"], env=env)
+    assert unknown.exit_code == 1 and "error:" in unknown.output and "foo" in unknown.output
+    assert "Traceback" not in unknown.output
+    invoke(env, "db", "upgrade")
+    invoke(env, "stats")  # the collection now records the tiny backbone with gap
+    other = runner.invoke(app, ["serve", "--head", "mac"], env=env)
+    assert other.exit_code == 1 and "cbir reindex" in other.output

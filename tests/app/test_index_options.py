@@ -91,7 +91,7 @@ def test_index_build_and_search_options_on_the_command_line(settings: Settings) 
     collection.save_index()
     collection.close()
     stats = runner.invoke(app, ["stats"], env={**env, "CBIR_INDEX_TYPE": "hnsw"})
-    assert "still holds the vectors of 1 deleted images (17% of its entries)" in stats.output, stats.output
+    assert "still holds the vectors of 1 deleted image (17% of its entries)" in stats.output, stats.output
 
     bad_type = runner.invoke(app, ["index-build", "--type", "annoy"], env=env)
     assert bad_type.exit_code == 2 and "index_type" in bad_type.output

@@ -158,7 +158,7 @@ def test_cli_errors_for_fit_and_box(settings: Settings, tmp_path: Path) -> None:
     nothing = runner.invoke(cli, ["fit", str(tmp_path)], env=env)
     assert nothing.exit_code == 1
     assert "nothing to fit" in nothing.output
-    unfitted = runner.invoke(cli, ["stats"], env={**env, "CBIR_HEAD": "netvlad"})
+    unfitted = runner.invoke(cli, ["index", str(tmp_path)], env={**env, "CBIR_HEAD": "netvlad"})
     assert unfitted.exit_code == 1
     assert "cbir fit" in unfitted.output
     picture = tmp_path / "q.jpg"
