@@ -40,6 +40,7 @@ from app.services.keys import Role, create_key, list_keys, revoke_key
 from app.services.queries import parse_box
 from app.services.reranking import options_from_settings
 from index import VectorIndexError
+from index.factory import MIN_TRAIN_VECTORS
 from models import EncoderConfigError, ImageEncoder
 from models.training import EpochReport
 
@@ -830,6 +831,12 @@ def index_build(
             f"built {report.spec.describe()} with {report.count} vectors in {report.seconds:.1f} s "
             f"(was {report.previous or 'no index'}); saved to {report.path}"
         )
+        asked = settings.index_type
+        if asked in ("ivf_flat", "ivf_pq") and report.spec.type == "flat":
+            console.print(
+                f"{asked} needs at least {MIN_TRAIN_VECTORS} vectors to train on: below that the exact flat "
+                "index is built (and is fast at this size); run index-build again as the collection grows"
+            )
 
 
 @app.command()

@@ -48,7 +48,10 @@ def resolve_source(spec: str | Path, *, path_column: str = "path") -> Listing:
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        return Listing([SourceItem(found) for found in list_files(path)])
+        found = list_files(path)
+        if not found:  # most often a wrong path: "added 0" with exit 0 would pass for success
+            raise FileNotFoundError(f"{path} holds no files (looked in every sub-folder): check the path")
+        return Listing([SourceItem(item) for item in found])
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         return read_manifest(path, path_column=path_column)
     if path.is_file():

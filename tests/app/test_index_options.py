@@ -68,6 +68,9 @@ def test_index_build_and_search_options_on_the_command_line(settings: Settings) 
         (folder / f"{seed}.jpg").write_bytes(image_bytes(seed))
     assert runner.invoke(app, ["index", str(folder)], env=env).exit_code == 0
 
+    small = runner.invoke(app, ["index-build", "--type", "ivf_pq"], env=env)
+    assert small.exit_code == 0 and "built flat" in small.output, small.output
+    assert "ivf_pq needs at least 256 vectors to train on" in small.output
     built = runner.invoke(app, ["index-build", "--type", "hnsw"], env=env)
     assert built.exit_code == 0, built.output
     assert (

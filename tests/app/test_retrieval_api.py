@@ -158,11 +158,11 @@ def test_cli_errors_for_fit_and_box(settings: Settings, tmp_path: Path) -> None:
     nothing = runner.invoke(cli, ["fit", str(tmp_path)], env=env)
     assert nothing.exit_code == 1
     assert "nothing to fit" in nothing.output
+    picture = tmp_path / "q.jpg"
+    picture.write_bytes(image_bytes(3))
     unfitted = runner.invoke(cli, ["index", str(tmp_path)], env={**env, "CBIR_HEAD": "netvlad"})
     assert unfitted.exit_code == 1
     assert "cbir fit" in unfitted.output
-    picture = tmp_path / "q.jpg"
-    picture.write_bytes(image_bytes(3))
     bad = runner.invoke(cli, ["search", str(picture), "--box", "a,b"], env=env)
     assert bad.exit_code == 1
     assert "four numbers" in bad.output

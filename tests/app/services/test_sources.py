@@ -39,6 +39,9 @@ def test_a_glob_picks_matching_files(files: Path) -> None:
 def test_a_missing_source_says_what_is_accepted(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="a directory, a glob pattern"):
         resolve_source(tmp_path / "nowhere")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no files"):
+        resolve_source(tmp_path / "empty")
 
 
 def test_csv_manifest_paths_are_relative_to_it_and_other_columns_are_metadata(files: Path) -> None:
