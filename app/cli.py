@@ -392,7 +392,13 @@ def search(
         collection.close()
         if as_json:
             rows = [
-                {"id": h.image.id, "score": round(h.score, 6), "name": h.image.original_name} for h in hits
+                {
+                    "id": h.image.id,
+                    "score": round(h.score, 6),
+                    "name": h.image.original_name,
+                    "metadata": h.image.meta,
+                }
+                for h in hits
             ]
             console.print_json(json.dumps(rows))
             return

@@ -74,7 +74,7 @@ def test_search_prints_a_table_and_json(env: dict[str, str], folder: Path) -> No
     as_json = invoke(env, "search", str(query), "-k", "3", "--json")
     rows = json.loads(as_json.output)
     assert len(rows) == 3
-    assert rows[0]["name"] == "img4.jpg"
+    assert rows[0]["name"] == "img4.jpg" and rows[0]["metadata"] == {}
     assert rows[0]["score"] > 0.999
 
 
