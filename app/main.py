@@ -16,6 +16,7 @@ from app.auth import authorize
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import error_response, install_error_handlers
+from app.head_requests import HeadAsGet
 from app.routes import denoise, docs, duplicates, health, images, pages, search, thumbnails
 from app.services.collection import Collection
 from app.services.keys import any_active
@@ -117,5 +118,6 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     app.include_router(thumbnails.router)
     pages.install(app)
     docs.install(app)
+    app.add_middleware(HeadAsGet)
     observability.install(app)  # last: its middleware is the outermost
     return app
