@@ -89,6 +89,11 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        if any(p["field"] == "file" for p in problems):  # missing, or sent as text or JSON
+            summary += (
+                "; send the image as a file part named 'file' of a multipart/form-data body "
+                "(curl -F file=@photo.jpg)"
+            )
         return JSONResponse(_body("invalid_request", summary or "invalid request"), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

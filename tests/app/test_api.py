@@ -209,3 +209,17 @@ def test_collection_survives_restart(settings: Settings) -> None:
         assert client.get("/stats").json()["count"] == 3
         top = client.post("/search", files={"file": ("q.jpg", image_bytes(2))}).json()["results"][0]
         assert top["id"] == ids[2]
+
+
+def test_an_upload_without_a_file_part_says_how_to_send_one(client: TestClient) -> None:
+    for request in (
+        {"data": {"file": "photo.jpg"}},  # a text field where the file belongs
+        {"json": {"file": "photo.jpg"}},  # JSON instead of multipart
+        {},
+    ):
+        for path in ("/images", "/search"):
+            response = client.post(path, **request)  # type: ignore[arg-type]
+            assert response.status_code == 422, (path, request)
+            body = response.json()
+            assert body["error"] == "invalid_request" and "multipart/form-data" in body["detail"], body
+    assert "multipart" not in client.post("/search", files={"file": ("q.jpg", b"x")}, data={"k": "0"}).text
