@@ -118,14 +118,17 @@ def test_errors_are_one_line_and_non_zero(env: dict[str, str], tmp_path: Path) -
     missing = runner.invoke(app, ["index", str(tmp_path / "nowhere")], env=env)
     assert missing.exit_code == 2
     assert "does not exist: give a directory, a glob pattern" in missing.output
-    typo = runner.invoke(app, ["stats"], env={**env, "CBIR_DATA_DIR": str(tmp_path / "typo")})
-    assert typo.exit_code == 1 and "there is no collection at" in typo.output
-    assert not (tmp_path / "typo").exists(), "a reading command created an empty collection"
-    for reading in (["search", str(tmp_path / "q.png")], ["duplicates"], ["keys", "list"]):
-        (tmp_path / "q.png").write_bytes(image_bytes(1, fmt="PNG"))
-        refused = runner.invoke(app, [*reading, "--data-dir", str(tmp_path / "typo")], env=env)
-        assert refused.exit_code == 1 and "check --data-dir" in refused.output, (reading, refused.output)
-    assert not (tmp_path / "typo").exists()
+    (tmp_path / "q.png").write_bytes(image_bytes(1, fmt="PNG"))
+    if "CBIR_DATABASE_URL" not in env or env["CBIR_DATABASE_URL"].startswith("sqlite"):
+        # A SQLite collection lives in its data directory: a mistyped one must not become a new collection.
+        # (A server database exists whatever the data directory says.)
+        typo = runner.invoke(app, ["stats"], env={**env, "CBIR_DATA_DIR": str(tmp_path / "typo")})
+        assert typo.exit_code == 1 and "there is no collection at" in typo.output
+        assert not (tmp_path / "typo").exists(), "a reading command created an empty collection"
+        for reading in (["search", str(tmp_path / "q.png")], ["duplicates"], ["keys", "list"]):
+            refused = runner.invoke(app, [*reading, "--data-dir", str(tmp_path / "typo")], env=env)
+            assert refused.exit_code == 1 and "check --data-dir" in refused.output, (reading, refused.output)
+        assert not (tmp_path / "typo").exists()
     unknown = runner.invoke(app, ["index", str(tmp_path)], env={**env, "CBIR_BACKBONE": "nonesuch"})
     assert unknown.exit_code == 1
     assert "nonesuch" in unknown.output

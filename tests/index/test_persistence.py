@@ -165,7 +165,7 @@ def test_mismatch_message_matches_the_documented_wording() -> None:
 def _assert_file_error(path: Path, match: str) -> None:
     with pytest.raises(IndexFileError, match=match) as info:
         VectorIndex.load(path, dim=DIM, fingerprint=FINGERPRINT)
-    assert str(path) in str(info.value) and "`cbir reindex`" in str(info.value)
+    assert str(path) in str(info.value) and "`cbir index-build`" in str(info.value)
     assert info.value.path == path
 
 
