@@ -395,7 +395,7 @@ def search(
                 {
                     "id": h.image.id,
                     "score": round(h.score, 6),
-                    "name": h.image.original_name,
+                    "original_name": h.image.original_name,
                     "metadata": h.image.meta,
                 }
                 for h in hits
@@ -752,7 +752,7 @@ def duplicates(
         groups = duplicate_groups(collection, settings.duplicate_threshold)
         collection.close()
         if as_json:
-            rows = [[{"id": row.id, "name": row.original_name} for row in group] for group in groups]
+            rows = [[{"id": row.id, "original_name": row.original_name} for row in group] for group in groups]
             console.print_json(json.dumps({"threshold": settings.duplicate_threshold, "groups": rows}))
             return
         total = sum(len(group) for group in groups)
@@ -866,8 +866,7 @@ def backup(
         )
         if report.deleted_during_backup:
             console.print(f"{report.deleted_during_backup} images deleted while it ran are not in the backup")
-        for image_id, why in list(report.missing.items())[:20]:
-            console.print(f"  warning: image {image_id}: {why} (kept in the database)", highlight=False)
+        warn_missing_files(report.missing)
 
 
 @app.command()
@@ -888,6 +887,22 @@ def restore(
             f"backup of {report.created_at} into {report.data_dir} in {report.seconds:.1f} s",
             highlight=False,
         )
+        warn_missing_files(report.missing)
+
+
+def warn_missing_files(missing: dict[int, str], shown: int = 20) -> None:
+    """Name the images kept without their file, so their owner can find and re-upload them."""
+    if not missing:
+        return
+    console.print(
+        f"warning: {len(missing)} images have no file (their rows are kept; GET /images/ID/file answers 404 "
+        "for them): delete them or upload them again",
+        highlight=False,
+    )
+    for image_id, why in list(missing.items())[:shown]:
+        console.print(f"  image {image_id}: {why}", highlight=False)
+    if len(missing) > shown:
+        console.print(f"  … and {len(missing) - shown} more", highlight=False)
 
 
 @db_app.command("upgrade")

@@ -77,6 +77,8 @@ class RestoreReport:
     files: int = 0
     bytes: int = 0
     created_at: str = ""
+    # Rows whose file the backup did not have (missing from the collection when it was taken): kept, named.
+    missing: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -320,7 +322,9 @@ def restore(source: Path, settings: Settings, *, on_progress: Progress | None = 
                     )
                 report.files += 1
                 report.bytes += size
-            elif str(row.id) not in known_missing:
+            elif str(row.id) in known_missing:
+                report.missing[row.id] = f"{known_missing[str(row.id)]} when the backup was taken"
+            else:
                 raise BackupError(
                     f"the backup is incomplete: the file of image {row.id} ({origin}) is missing; "
                     "restore from another backup"

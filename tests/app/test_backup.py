@@ -221,3 +221,32 @@ def test_refusals_say_what_to_do(settings: Settings, served: TestClient, tmp_pat
     )
     assert cli_error.exit_code == 1
     assert "is not a cbir backup" in cli_error.output
+
+
+def test_a_referenced_file_missing_at_backup_time_is_named_by_backup_and_restore(
+    settings: Settings, photos: Path, tmp_path: Path
+) -> None:
+    env = env_for(settings)
+    indexed = runner.invoke(cli, ["index", str(photos), "--no-copy"], env=env)
+    assert indexed.exit_code == 0, indexed.output
+    (photos / "p07.jpg").unlink()  # the user tidied the folder the collection references
+    with sqlite3.connect(settings.data_dir / "cbir.db") as connection:
+        [(lost_id,)] = connection.execute("SELECT id FROM images WHERE original_name = 'p07.jpg'").fetchall()
+    saved = runner.invoke(cli, ["backup", str(tmp_path / "b")], env=env)
+    assert saved.exit_code == 0, saved.output
+    assert "warning: 1 images have no file" in saved.output
+    assert f"image {lost_id}: its file is missing from the collection" in saved.output
+
+    new = tmp_path / "new"
+    restored = runner.invoke(cli, ["restore", str(tmp_path / "b"), "--data-dir", str(new)], env=env)
+    assert restored.exit_code == 0, restored.output
+    assert f"restored {IMAGES} images ({IMAGES - 1} files" in restored.output
+    assert "warning: 1 images have no file" in restored.output
+    assert (
+        f"image {lost_id}: its file is missing from the collection when the backup was taken"
+        in restored.output
+    )
+    with TestClient(create_app(settings.model_copy(update={"data_dir": new}))) as copy:
+        assert copy.get(f"/images/{lost_id}/file").status_code == 404
+        assert copy.get(f"/images/{lost_id % IMAGES + 1}/file").status_code == 200
+        assert copy.get("/stats").json()["count"] == IMAGES

@@ -194,7 +194,7 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
     found = subprocess.run(
         cbir("search", str(query), "-k", "3", "--json"), env=env, capture_output=True, text=True, timeout=120
     )
-    assert json.loads(found.stdout)[0]["name"] == query.name
+    assert json.loads(found.stdout)[0]["original_name"] == query.name
 
 
 def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(

@@ -139,13 +139,15 @@ def test_cli_fit_then_evaluate_index_search_with_a_box_and_group_duplicates(
         cli, ["search", str(query), "--box", "0,0,96,64", "--qe", "0", "--json"], env=netvlad
     )
     assert found.exit_code == 0, found.output
-    assert json.loads(found.output)[0]["name"] == "12.jpg"
+    assert json.loads(found.output)[0]["original_name"] == "12.jpg"
     plain = {**env, "CBIR_DATA_DIR": str(tmp_path / "gap")}  # GAP: the encoder the threshold is measured for
     assert runner.invoke(cli, ["index", str(classes)], env=plain).exit_code == 0
     grouped = runner.invoke(cli, ["duplicates", "--threshold", "0.9999", "--json"], env=plain)
     assert grouped.exit_code == 0, grouped.output
     groups = json.loads(grouped.output)["groups"]
-    assert [sorted(image["name"] for image in group) for group in groups] == [["0-copy.jpg", "0.jpg"]]
+    assert [sorted(image["original_name"] for image in group) for group in groups] == [
+        ["0-copy.jpg", "0.jpg"]
+    ]
     # Fitting without a folder learns from the collection's stored images.
     again = runner.invoke(cli, ["fit", "--head", "netvlad", "--clusters", "2"], env=netvlad)
     assert again.exit_code == 0, again.output
@@ -192,7 +194,7 @@ def test_cli_finetune_makes_an_encoder_that_reindex_switches_a_collection_to(
     assert runner.invoke(cli, ["reindex"], env=switched).exit_code == 0
     found = runner.invoke(cli, ["search", str(photos / "3.jpg"), "--json"], env=switched)
     assert found.exit_code == 0, found.output
-    assert json.loads(found.output)[0]["name"] == "3.jpg"
+    assert json.loads(found.output)[0]["original_name"] == "3.jpg"
     again = runner.invoke(cli, ["finetune", "--out", str(tuned), *small], env=env)
     assert again.exit_code == 2 and "already exists: pass --resume" in again.output
     gap = runner.invoke(cli, ["finetune", str(photos), *small], env=cli_env(settings))
