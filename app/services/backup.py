@@ -378,13 +378,16 @@ def _check_integrity(engine: Engine, source: Path) -> None:
 
 # -- shared helpers ------------------------------------------------------------------------------------------
 def sqlite_path(settings: Settings, command: str) -> Path:
-    url = make_url(settings.db_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    from app.db.session import sqlite_file
+
+    path = sqlite_file(settings.db_url)
+    if path is None:
         raise BackupError(
             f"`cbir {command}` handles the SQLite database only, and this collection uses "
-            f"{url.render_as_string(hide_password=True)}: use that database's own tools (pg_dump) for it"
+            f"{make_url(settings.db_url).render_as_string(hide_password=True)}: use that database's own "
+            "tools (pg_dump) for it"
         )
-    return Path(url.database)
+    return path
 
 
 def make_sqlite_engine(path: Path) -> Engine:

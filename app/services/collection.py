@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, Row, func, insert, make_url, select
+from sqlalchemy import Engine, Row, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
-from app.db.session import make_engine, make_session_factory
+from app.db.session import make_engine, make_session_factory, sqlite_file
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
@@ -345,8 +345,10 @@ class Collection:
         with self.gate.slot(bounded=bounded), self.meter.running(len(images)):
             return (encoder or self.encoder).embed(images)
 
-    def embed_prepared(self, items: Sequence[Prepared], *, bounded: bool = False) -> np.ndarray:
-        return self.embed_images([item.decoded.image for item in items], bounded=bounded)
+    def embed_prepared(
+        self, items: Sequence[Prepared], *, bounded: bool = False, encoder: ImageEncoder | None = None
+    ) -> np.ndarray:
+        return self.embed_images([item.decoded.image for item in items], bounded=bounded, encoder=encoder)
 
     def prepare_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> Prepared:
         decoded = decode_or_raise(data, max_side=self.encoder.max_side, max_pixels=self.settings.max_pixels)
@@ -537,7 +539,7 @@ class Collection:
             return Added(existing, duplicate=True)
         encoder = self.encoder  # a reindex may swap self.encoder while this upload is embedded
         item = self.prepare_upload(data, name, meta)
-        vectors = self.embed_images([item.decoded.image], bounded=True, encoder=encoder)
+        vectors = self.embed_prepared([item], bounded=True, encoder=encoder)
         [added] = self.ingest([item], vectors, made_by=encoder.fingerprint)
         if not added.duplicate:
             self.save_index()
@@ -679,12 +681,12 @@ class Collection:
 
 def require_collection(settings: Settings) -> None:
     """Commands that only read must not create an empty collection where a mistyped --data-dir points."""
-    url = make_url(settings.db_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    path = sqlite_file(settings.db_url)
+    if path is None:
         return  # a server database: opening it creates nothing on disk
-    if not Path(url.database).is_file():
+    if not path.is_file():
         raise NotFoundError(
-            f"there is no collection at {settings.data_dir}: {url.database} does not exist; check --data-dir "
+            f"there is no collection at {settings.data_dir}: {path} does not exist; check --data-dir "
             "/ CBIR_DATA_DIR (or add images first with `cbir index`)"
         )
 
