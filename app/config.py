@@ -94,6 +94,19 @@ class Settings(BaseSettings):
     compile: bool = Field(
         default=False, description="torch.compile the backbone: faster long GPU jobs, slower start."
     )
+    # --- inference runtime (issue 17; models/runtimes, README "Inference runtimes") ---------------------
+    runtime: Literal[
+        "auto", "torch", "torch_bf16", "openvino", "openvino_bf16", "openvino_int8", "onnxruntime"
+    ] = Field(
+        default="auto",
+        description="How the backbone runs: auto (CUDA: torch; CPU: OpenVINO bf16 on AMX, else OpenVINO "
+        "fp32, else ONNX Runtime, else torch), or a name; openvino_int8 needs `cbir optimize` first.",
+    )
+    runtime_cache: Path | None = Field(
+        default=None,
+        description="Where converted and calibrated models are kept [DATA_DIR/runtime-cache].",
+    )
+    # --- end of inference runtime settings ---------------------------------------------------------------
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
     # Two forward passes of one thread each, none waiting: on the 2-core machine, against one pass of two
@@ -151,6 +164,10 @@ class Settings(BaseSettings):
     @property
     def index_path(self) -> Path:
         return self.data_dir / "index.faiss"
+
+    @property
+    def runtime_cache_dir(self) -> Path:
+        return (self.runtime_cache or self.data_dir / "runtime-cache").expanduser()
 
     @property
     def images_dir(self) -> Path:

@@ -16,6 +16,11 @@ def encoder_from_settings(settings: Settings) -> ImageEncoder:
     spec = (settings.encoder or "").strip()
     if spec.startswith(DAE_PREFIX) and spec[len(DAE_PREFIX) :].strip():
         path = Path(spec[len(DAE_PREFIX) :].strip()).expanduser()
+        if settings.runtime not in ("auto", "torch"):
+            raise EncoderConfigError(
+                f"the autoencoder runs with torch only, not CBIR_RUNTIME={settings.runtime}: "
+                "use auto or torch"
+            )
         return load_autoencoder(path, device=settings.device, batch_size=settings.batch_size)
     if spec and spec != "backbone":
         raise EncoderConfigError(
@@ -32,4 +37,7 @@ def encoder_from_settings(settings: Settings) -> ImageEncoder:
         scales=parse_scales(settings.scales),
         fitted=settings.fitted,
         compile_model=settings.compile,
+        runtime="torch" if settings.compile and settings.runtime == "auto" else settings.runtime,
+        runtime_cache=settings.runtime_cache_dir,
+        threads=settings.inference_threads,
     )

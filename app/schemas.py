@@ -92,6 +92,9 @@ class StatsOut(BaseModel):
     encoder: str
     index_type: str
     device: str
+    runtime: str = Field(
+        default="torch", description="How the encoder's backbone runs (CBIR_RUNTIME; auto's choice shown)."
+    )
     removed_entries: int = Field(
         description="Deleted images whose vectors an HNSW index still holds (memory, search time) until "
         "`cbir index-build` rebuilds it; 0 for the other index types."

@@ -23,6 +23,7 @@ from models.fitted import load_fitted
 from models.heads import Head, build_head
 from models.preprocess import PREPROCESS_VERSION, normalise_pixels, to_tensor
 from models.projection import Projection
+from models.runtimes import Runtime, RuntimeContext, choose_runtime, get_runtime
 
 __all__ = ["Encoder", "build_encoder", "parse_scales", "resolve_device"]
 
@@ -52,6 +53,8 @@ class Encoder:
         projection: Projection | None = None,
         fitted_id: str | None = None,
         compile_model: bool = False,
+        runtime: Runtime | None = None,
+        runtime_context: RuntimeContext | None = None,
     ) -> None:
         if head.in_channels != backbone.out_channels:
             raise EncoderConfigError(
@@ -75,14 +78,27 @@ class Encoder:
         self._head = head.eval().requires_grad_(False).to(device)
         self._projection = projection.eval().to(device) if projection is not None else None
         module = backbone.module.eval().requires_grad_(False).to(device)
-        self._backbone: Callable[[torch.Tensor], torch.Tensor] = module.to(memory_format=torch.channels_last)
+        self.runtime = runtime or get_runtime("torch")
+        context = runtime_context or RuntimeContext(f"{backbone_name}@{backbone.weights_id}", None, None)
         if compile_model:
+            if device.type != "cuda":
+                # Measured on CPU (issue 17): inductor compiled the first Corel shape in 21 s, then spent
+                # more than 17 minutes recompiling for the other orientation. OpenVINO has dynamic shapes.
+                raise EncoderConfigError(
+                    "CBIR_COMPILE (torch.compile) is for CUDA only: on a CPU it recompiles for minutes per "
+                    "input shape. Use CBIR_RUNTIME=auto (OpenVINO) for a fast CPU forward instead"
+                )
+            if self.runtime.name != "torch":
+                raise EncoderConfigError(f"CBIR_COMPILE needs CBIR_RUNTIME=torch, not {self.runtime.name}")
             # Compiled lazily at the first batch (a shape seen again is compiled with dynamic sizes): worth
             # its start-up time for long GPU bulk jobs, not for the service's single images.
-            self._backbone = torch.compile(module)
+            self._backbone: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module)
+        else:
+            self._backbone = self.runtime.prepare(module, context)
+        runtime_tag = self.runtime.tag(context)
         self.fingerprint = _fingerprint(
             backbone_name, backbone.weights_id, head, max_side, self.scales, projection, fitted_id
-        )
+        ) + (f"/rt-{runtime_tag}" if runtime_tag else "")
 
     @property
     def head(self) -> Head:
@@ -244,6 +260,7 @@ class Encoder:
             "fitted": self.fitted_id,
             "dim": self.dim,
             "device": str(self.device),
+            "runtime": self.runtime.name,
             "preprocess_version": PREPROCESS_VERSION,
             "fingerprint": self.fingerprint,
         }
@@ -262,6 +279,9 @@ def build_encoder(
     fitted: Path | None = None,
     require_fitted: bool = True,
     compile_model: bool = False,
+    runtime: str = "torch",
+    runtime_cache: Path | None = None,
+    threads: int | None = None,
 ) -> Encoder:
     """Assemble an encoder by names; misconfiguration raises EncoderConfigError before any model is built.
 
@@ -269,6 +289,9 @@ def build_encoder(
     were fitted for this backbone, head, max side and scales; the head's settings come from it. A head that
     needs fitting is refused without one, unless ``require_fitted`` is False (which is how `cbir fit` gets
     the encoder it fits).
+
+    ``runtime`` names how the backbone runs (models.runtimes; ``auto`` picks by device, CPU and packages);
+    converted models are kept in ``runtime_cache``; ``threads`` are the runtime's intra-op threads.
     """
     if max_side < _MIN_SIDE:
         raise EncoderConfigError(f"max_side must be at least {_MIN_SIDE} pixels, got {max_side}")
@@ -313,6 +336,8 @@ def build_encoder(
         projection=params.projection if params is not None else None,
         fitted_id=params.file_id if params is not None else None,
         compile_model=compile_model,
+        runtime=choose_runtime(runtime, torch_device),
+        runtime_context=RuntimeContext(f"{backbone}@{built.weights_id}", runtime_cache, threads),
     )
 
 

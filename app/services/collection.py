@@ -674,6 +674,7 @@ class Collection:
             "encoder": self.encoder.fingerprint,
             "index_type": f"{self.index.spec.describe()} (inner product)",
             "device": str(self.encoder.device),
+            "runtime": self.encoder.describe().get("runtime", "torch"),
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
             "removed_entries": self.index.tombstones,
         }

@@ -28,6 +28,9 @@ ACTIVE = "active"
 # The settings that decide which vectors an encoder makes (the rest, e.g. device or batch size, do not).
 SPEC_FIELDS = ("encoder", "backbone", "head", "weights", "max_side", "scales", "fitted")
 _PATH_FIELDS = ("weights", "fitted")
+# Runtimes whose vectors differ from fp32 beyond models.runtimes.FP32_TOLERANCE (a fingerprint tag): the
+# spec records them, the others (auto, torch, OpenVINO fp32/bf16...) make the same collection's vectors.
+FINGERPRINT_RUNTIMES = ("openvino_int8",)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ def encoder_spec(settings: Settings) -> dict[str, Any]:
         if isinstance(value, Path):
             value = str(value.expanduser().resolve())
         spec[name] = value
+    if settings.runtime in FINGERPRINT_RUNTIMES:
+        spec["runtime"] = settings.runtime
     return spec
 
 
@@ -60,6 +65,10 @@ def settings_for(settings: Settings, spec: dict[str, Any]) -> Settings:
             continue
         value = spec[name]
         update[name] = Path(value) if name in _PATH_FIELDS and value is not None else value
+    if spec.get("runtime") in FINGERPRINT_RUNTIMES:
+        update["runtime"] = spec["runtime"]
+    elif settings.runtime in FINGERPRINT_RUNTIMES:  # the recorded encoder is an fp32-compatible one
+        update["runtime"] = "auto"
     return settings.model_copy(update=update)
 
 
