@@ -117,8 +117,10 @@ class CompiledForward:
             if self.seen[shape] < PROMOTE_AFTER:
                 return self.dynamic
             del self.seen[shape]
+            import openvino as ov
+
             fixed = self.model.clone()
-            fixed.reshape([list(shape)])
+            fixed.reshape(ov.PartialShape(list(shape)))
             self.static[shape] = self.core.compile_model(fixed, "CPU", self.config)
             while len(self.static) > MAX_STATIC:
                 self.static.popitem(last=False)
