@@ -846,6 +846,33 @@ def index_build(
 
 
 @app.command()
+def optimize(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Pictures to calibrate on [the collection's stored pictures].")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", min=8, help="Pictures sampled (evenly) [300].")] = 300,
+    data_dir: DataDir = None,
+    backbone: Backbone = None,
+    weights: Weights = None,
+    max_side: MaxSide = None,
+) -> None:
+    """Calibrate the int8 runtime on your own pictures (no labels), cached; then CBIR_RUNTIME=openvino_int8.
+
+    int8 vectors are not fp32's (the calibration goes into the encoder fingerprint): switch an existing
+    collection with `cbir reindex` (README, Inference runtimes)."""
+    from app.services.optimize import optimize as calibrate_int8
+
+    with friendly_errors():
+        settings = make_settings(locals())
+        calibration = calibrate_int8(settings, directory, samples=samples)
+        console.print(
+            f"int8 model calibrated on {calibration.images} pictures of {calibration.source}, id "
+            f"{calibration.calibration_id}, cached in {calibration.model_path.parent}; serve or index with "
+            "CBIR_RUNTIME=openvino_int8"
+        )
+
+
+@app.command()
 def backup(
     destination: Annotated[Path, typer.Argument(help="A new (or empty) folder to write the backup to.")],
     data_dir: DataDir = None,

@@ -8,11 +8,18 @@ directory. --repeat R makes R copies of every file (Corel-1K x 20 = 20,000 files
 bytes appended after the image's end marker, which decoders ignore, so the pixels are the same but the
 sha256 differs and the job indexes every copy instead of skipping it as a duplicate.
 
+The encoder runs with --runtime (default auto: OpenVINO bf16 on an AMX CPU, models/runtimes); the same run
+also times the torch fp32 eager forward (fp32_forward_img_s), and speedup_vs_fp32 is end-to-end indexing
+over it. After indexing, one query (file bytes to hits: decode, embed, search, re-rank) is timed on the
+indexed collection with the runtime and with torch fp32, alternating, medians kept (query_ms,
+fp32_query_ms, query_ratio); the runtime's vectors must share fp32's fingerprint for that (int8 does not).
+
 On CUDA the run also embeds the first 1,000 files with JPEGs decoded on the GPU and on the CPU and prints
 the cosine between the two descriptors of each image. --memory instead runs `cbir index` in a child
 process on 10,000 and on 100,000 files and prints the peak resident memory of each, side by side.
 
     python bench/index_throughput.py [--dir DIR] [--repeat R] [--device cuda] [--batch-size B] [--runs N]
+                                     [--runtime auto|torch|openvino_bf16|...] [--queries 40]
     python bench/index_throughput.py --memory [--sizes 10000,100000] [--device cuda]
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,6 +107,25 @@ def index_images_per_second(
     if report.skipped:
         print(f"skipped {len(report.skipped)}: {report.skipped[:3]}", flush=True)
     return report.added / seconds, report.added
+
+
+def query_latencies(
+    settings: Settings, encoders: dict[str, Encoder], queries: list[Path], rounds: int = 3
+) -> dict[str, float]:
+    """Median ms of one query (bytes -> hits, k=10) per encoder, alternating them over `rounds`."""
+    data = [path.read_bytes() for path in queries]
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    for round_ in range(rounds):
+        order = list(encoders) if round_ % 2 == 0 else list(encoders)[::-1]
+        for name in order:
+            collection = Collection.open(settings, encoders[name])
+            collection.search_image(data[0], 10)  # warm-up: first shape, caches
+            for blob in data:
+                started = time.perf_counter()
+                collection.search_image(blob, 10)
+                times[name].append((time.perf_counter() - started) * 1000)
+            collection.close()
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def decoder_cosines(encoder: Encoder, settings: Settings, paths: list[Path]) -> dict[str, float]:
@@ -183,6 +210,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="alternating runs of each side; best is kept")
     parser.add_argument("--no-copy", action="store_true", help="reference files instead of copying them")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--runtime", default="auto", help="CBIR_RUNTIME of the encoder measured [auto]")
+    parser.add_argument("--queries", type=int, default=40, help="query latency: files queried per round")
     parser.add_argument("--memory", action="store_true", help="peak memory at --sizes instead")
     parser.add_argument("--skip-cosine", action="store_true", help="CUDA: skip the GPU/CPU decode cosine")
     parser.add_argument("--sizes", default="10000,100000", help="--memory: file counts")
@@ -192,6 +221,7 @@ def main() -> None:
         return
 
     forward_runs: list[float] = []
+    fp32_runs: list[float] = []
     index_runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cbir-bench-") as tmp:
         work = Path(tmp)
@@ -205,30 +235,51 @@ def main() -> None:
             workers=args.workers,
             device=args.device,
             compile=args.compile,
+            runtime=args.runtime,
         )
         encoder = encoder_from_settings(settings)
-        if not isinstance(encoder, Encoder):  # its forward side feeds backbone tensors
+        fp32 = encoder_from_settings(settings.model_copy(update={"runtime": "torch", "compile": False}))
+        if not isinstance(encoder, Encoder) or not isinstance(
+            fp32, Encoder
+        ):  # the forward side feeds tensors
             parser.error("this benchmark measures the backbone encoder: unset CBIR_ENCODER")
         # Alternate the two sides so that a slow spell of a shared machine hits both alike; keep the best
         # run of each, the usual estimate of what the hardware can do.
+        fp32_images = min(len(paths), 1000)  # the slow side: enough for a steady rate
         for run in range(args.runs):
+            fp32_runs.append(forward_images_per_second(fp32, paths, fp32_images, settings.max_pixels))
             forward_runs.append(forward_images_per_second(encoder, paths, len(paths), settings.max_pixels))
             run_settings = settings.model_copy(update={"data_dir": work / f"data-{run}"})
             rate, added = index_images_per_second(encoder, run_settings, paths, not args.no_copy)
             index_runs.append(rate)
-            print(f"run {run + 1}: forward {forward_runs[-1]:.1f} img/s, index {rate:.1f} img/s", flush=True)
+            print(
+                f"run {run + 1}: fp32 forward {fp32_runs[-1]:.1f} img/s, {encoder.runtime.name} forward "
+                f"{forward_runs[-1]:.1f} img/s, index {rate:.1f} img/s",
+                flush=True,
+            )
+        latencies: dict[str, float] | None = None
+        if encoder.fingerprint == fp32.fingerprint and args.queries > 0:
+            queried = settings.model_copy(update={"data_dir": work / "data-0"})
+            step = max(1, len(paths) // args.queries)
+            latencies = query_latencies(
+                queried, {"runtime": encoder, "fp32": fp32}, paths[::step][: args.queries]
+            )
         on_gpu = encoder.device.type == "cuda" and not args.skip_cosine
         cosines = decoder_cosines(encoder, settings, paths[:1000]) if on_gpu else None
-    forward, indexed = max(forward_runs), max(index_runs)
+    forward, indexed, fp32_forward = max(forward_runs), max(index_runs), max(fp32_runs)
     device, batch_size = str(encoder.device), encoder.batch_size
     name = torch.cuda.get_device_name(encoder.device) if encoder.device.type == "cuda" else "cpu"
     print(
         f"images: {len(paths)} (added {added}), batch {batch_size}, max side {args.max_side}, "
         f"device {device} ({name}), loading processes {args.workers}, copy files {not args.no_copy}"
     )
-    print(f"bare forward : {forward:8.1f} img/s")
+    print(f"fp32 forward : {fp32_forward:8.1f} img/s (torch eager)")
+    print(f"bare forward : {forward:8.1f} img/s ({encoder.runtime.name})")
     print(f"cbir index   : {indexed:8.1f} img/s")
     print(f"ratio        : {indexed / forward:8.3f}")
+    print(f"vs fp32      : {indexed / fp32_forward:8.3f}x")
+    if latencies is not None:
+        print(f"one query    : {latencies['runtime']:.1f} ms against {latencies['fp32']:.1f} ms in fp32")
     if cosines is not None:
         print(f"GPU vs CPU JPEG decode, cosine of descriptors: {cosines}")
     print(
@@ -244,11 +295,18 @@ def main() -> None:
                 "workers": args.workers,
                 "copy_files": not args.no_copy,
                 "compile": args.compile,
+                "runtime": encoder.runtime.name,
                 "index_img_s": round(indexed, 1),
                 "forward_img_s": round(forward, 1),
                 "ratio": round(indexed / forward, 3),
+                "fp32_forward_img_s": round(fp32_forward, 1),
+                "speedup_vs_fp32": round(indexed / fp32_forward, 3),
+                "query_ms": round(latencies["runtime"], 1) if latencies else None,
+                "fp32_query_ms": round(latencies["fp32"], 1) if latencies else None,
+                "query_ratio": round(latencies["runtime"] / latencies["fp32"], 3) if latencies else None,
                 "runs": {
                     "forward": [round(r, 1) for r in forward_runs],
+                    "fp32_forward": [round(r, 1) for r in fp32_runs],
                     "index": [round(r, 1) for r in index_runs],
                 },
                 "gpu_cpu_decode_cosine": cosines,
