@@ -13,14 +13,10 @@ from sqlalchemy import func, select
 
 from app.config import Settings
 from app.db.tables import Image
-from app.encoders import encoder_from_settings
 from app.services import bulk
 from app.services.collection import Collection
-from tests.app.conftest import image_bytes
-
-
-def open_collection(settings: Settings) -> Collection:
-    return Collection.open(settings, encoder_from_settings(settings))
+from tests.helpers.collections import open_collection
+from tests.helpers.images import image_bytes
 
 
 def stored(collection: Collection) -> dict[str, tuple[np.ndarray, dict, int, int]]:
