@@ -1,24 +1,40 @@
-"""Who may call what: one app-wide dependency, so a route added later is protected by default.
+"""Who may call what, declared on each route: ``dependencies=[policy(Access.read, shed=True)]``.
+
+Every route states its access (public, read, write, admin) and whether it is refused early under overload
+(load shedding); `check_policies` runs when the app is created and refuses to build an app with a route that
+declares none, so a route added later cannot be open by accident. Plain Starlette routes and mounts (the
+docs page, static files, /metrics) are outside FastAPI's dependencies: they declare theirs with `declare`.
 
 While no key exists the service is open (and says so at start). Once one does, anything that changes the
-collection needs a write key; reads need a read key only when ``read_requires_key`` is set. The method and
-the route decide what a request needs: POSTs that only compute (search, denoise) are reads.
+collection needs a write key (admin routes an admin key); reads need a read key only when
+``read_requires_key`` is set.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
 
-from fastapi import Request
-from fastapi.routing import APIRoute
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from app.deps import get_collection
 from app.errors import CbirError
 from app.services.keys import Role, any_active, role_of
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/"})
-READ_ONLY_POSTS = frozenset({"/search", "/denoise"})
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+class Access(StrEnum):
+    public = "public"  # anyone, always (health, metrics, the page, the docs)
+    read = "read"  # anyone while reads are open; a read key with CBIR_READ_REQUIRES_KEY=true
+    write = "write"  # a write key once any key exists
+    admin = "admin"  # an admin key once any key exists
+
+    @property
+    def role(self) -> Role | None:
+        return None if self is Access.public else Role(self.value)
 
 
 class UnauthorizedError(CbirError):
@@ -32,14 +48,69 @@ class ForbiddenError(CbirError):
     error = "forbidden"
 
 
-def required_role(request: Request) -> Role | None:
-    route = request.scope.get("route")
-    path = route.path if isinstance(route, APIRoute) else request.url.path
-    if path in PUBLIC_PATHS:
-        return None
-    if request.method in SAFE_METHODS or path in READ_ONLY_POSTS:
-        return Role.read
-    return Role.write
+class MissingPolicyError(RuntimeError):
+    """A route without a declared policy: a programming error, found when the app is built."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A route's declared access and load shedding; as a dependency, it checks the request's key."""
+
+    access: Access
+    shed: bool = False  # refused with 503 before its body is read while the inference gate is full
+
+    def __call__(self, request: Request) -> None:
+        authorize(request, self.access)
+
+
+def policy(access: Access, *, shed: bool = False) -> Any:
+    """What a route puts in its ``dependencies=[...]``: ``policy(Access.write, shed=True)``."""
+    return Depends(Policy(access, shed))
+
+
+def declare(route: BaseRoute, access: Access) -> None:
+    """The policy of a plain Starlette route or mount, which FastAPI's dependencies do not reach; only
+    public ones exist (nothing there checks a key)."""
+    if access is not Access.public:
+        raise ValueError(f"{route!r}: a plain route cannot check keys; make it a FastAPI route")
+    route.cbir_policy = Policy(access)  # type: ignore[attr-defined]
+
+
+def policy_of(route: BaseRoute) -> Policy | None:
+    """The policy a route declares: a Policy among an APIRoute's dependencies, or `declare`'s mark."""
+    if isinstance(route, APIRoute):
+        found = [d.dependency for d in route.dependencies if isinstance(d.dependency, Policy)]
+        if len(found) > 1:
+            raise MissingPolicyError(f"route {route.path} declares {len(found)} policies; keep one")
+        return found[0] if found else None
+    declared = getattr(route, "cbir_policy", None)
+    return declared if isinstance(declared, Policy) else None
+
+
+def check_policies(app: FastAPI) -> list[tuple[RouteContext, Policy]]:
+    """Every route (those of included routers with their prefix) with its policy, in the router's order;
+    raises MissingPolicyError for one without."""
+    out = []
+    for context in iter_route_contexts(app.router.routes):
+        found = policy_of(context.original_route)
+        if found is None:
+            name = context.path or repr(context.original_route)
+            raise MissingPolicyError(
+                f"route {name} declares no access policy: add "
+                "`dependencies=[policy(Access.read)]` (or public/write/admin) to it, or "
+                "`declare(route, Access.public)` for a plain route"
+            )
+        out.append((context, found))
+    return out
+
+
+def matched_policy(policies: list[tuple[RouteContext, Policy]], scope: Scope) -> Policy | None:
+    """The policy of the route that will answer `scope` (before routing has run: for the middleware)."""
+    for context, found in policies:
+        match, _ = context.matches(scope)
+        if match is Match.FULL:
+            return found
+    return None
 
 
 def bearer_token(request: Request) -> str | None:
@@ -48,8 +119,8 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def authorize(request: Request) -> None:
-    needed = required_role(request)
+def authorize(request: Request, access: Access) -> None:
+    needed = access.role
     if needed is None:
         return
     collection = get_collection(request)

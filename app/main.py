@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from app import observability
-from app.auth import authorize
+from app.auth import Access, check_policies, declare, matched_policy
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import error_response, install_error_handlers
@@ -25,8 +25,6 @@ log = logging.getLogger("cbir")
 
 # Multipart framing around the file: a request this much above the upload limit cannot hold a valid upload.
 MULTIPART_SLACK = 64 * 1024
-# Requests that run the encoder, and so pass the inference gate.
-INFERENCE_PATHS = frozenset({"/search", "/images", "/denoise"})
 
 
 def create_app(settings: Settings | None = None, opened: Collection | None = None) -> FastAPI:
@@ -65,7 +63,6 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         summary="Find visually similar images: upload a collection, search it by example.",
         version="0.1.0",
         lifespan=lifespan,
-        dependencies=[Depends(authorize)],
         docs_url=None,  # app/routes/docs.py serves /docs without a CDN
         redoc_url=None,  # ReDoc fetches from a CDN
     )
@@ -104,10 +101,12 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         # A request that needs inference while the gate is full is refused before its body is read and
         # parsed: under overload, each refusal must cost next to nothing, or refusing starves the forward
         # passes of the very CPU they need (bench/load.py: 113 refusals/s cut answered searches to 2/s).
+        # Which requests: those whose route declares shed=True (app/auth.py), the ones that run the encoder.
         collection = request.app.state.collection
-        inference = request.method == "POST" and request.url.path in INFERENCE_PATHS
-        if inference and collection is not None and collection.gate.full:
-            return error_response(collection.gate.busy())
+        if collection is not None and collection.gate.full:
+            found = matched_policy(request.app.state.route_policies, request.scope)
+            if found is not None and found.shed:
+                return error_response(collection.gate.busy())
         return await call_next(request)
 
     app.include_router(images.router)
@@ -120,4 +119,9 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     docs.install(app)
     app.add_middleware(HeadAsGet)
     observability.install(app)  # last: its middleware is the outermost
+    if app.openapi_url:
+        declare(
+            next(r for r in app.router.routes if getattr(r, "path", None) == app.openapi_url), Access.public
+        )
+    app.state.route_policies = check_policies(app)  # a route without a declared policy stops here
     return app

@@ -233,10 +233,12 @@ def install(app: FastAPI) -> Metrics:
         collection = getattr(app.state, "collection", None)
         return float(collection.gate.waiting) if collection is not None else 0.0
 
+    from app.auth import Access, policy  # here: app.auth needs the collection, which imports this module
+
     metrics = Metrics(collection_size, queue_depth)
     app.state.metrics = metrics
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[policy(Access.public)])
     def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

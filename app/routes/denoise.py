@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
+from app.auth import Access, policy
 from app.deps import CollectionDep, SettingsDep
 from app.routes.uploads import read_upload
 from app.schemas import ErrorOut
@@ -17,6 +18,7 @@ router = APIRouter(tags=["autoencoder"])
 @router.post(
     "/denoise",
     response_class=Response,
+    dependencies=[policy(Access.read, shed=True)],
     responses={
         200: {"content": {"image/png": {}}, "description": "The reconstruction, at the model's input size."},
         409: {"model": ErrorOut, "description": "The configured encoder is not an autoencoder."},

@@ -3,7 +3,8 @@
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so on a machine without internet /docs is blank.
 The files come from the PyPI package fastapi-offline (Swagger UI 5, which reads OpenAPI 3.1); only its
 files are used: the routes are plain Starlette routes, like FastAPI's own docs routes, so they
-stay outside the API's key check, as before. No /redoc: ReDoc still fetches its logo from a CDN.
+stay outside the API's key check, as before (declared public, app/auth.py). No /redoc: ReDoc still
+fetches its logo from a CDN.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
+from app.auth import Access, declare
+
 ASSETS_URL = "/docs-assets"
 ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
 
@@ -25,6 +28,7 @@ def install(app: FastAPI) -> None:
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+    declare(app.router.routes[-1], Access.public)
 
     async def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
@@ -41,4 +45,6 @@ def install(app: FastAPI) -> None:
         return get_swagger_ui_oauth2_redirect_html()
 
     app.add_route("/docs", swagger, include_in_schema=False)
+    declare(app.router.routes[-1], Access.public)
     app.add_route(redirect_url, swagger_redirect, include_in_schema=False)
+    declare(app.router.routes[-1], Access.public)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.auth import Access, policy
 from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS, ImageId
 from app.schemas import DuplicatesOut, SearchHit
@@ -14,7 +15,12 @@ from app.services.duplicates import duplicates_of
 router = APIRouter(prefix="/images", tags=["images"])
 
 
-@router.get("/{image_id}/duplicates", response_model=DuplicatesOut, responses=ERRORS)
+@router.get(
+    "/{image_id}/duplicates",
+    response_model=DuplicatesOut,
+    responses=ERRORS,
+    dependencies=[policy(Access.read)],
+)
 def duplicates(
     collection: CollectionDep,
     settings: SettingsDep,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.auth import Access, policy
 from app.deps import CollectionDep
 from app.schemas import HealthOut, StatsOut
 from app.services.collection import Collection
@@ -12,7 +13,12 @@ from app.services.collection import Collection
 router = APIRouter(tags=["service"])
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut}},
+    dependencies=[policy(Access.public)],
+)
 def health(request: Request) -> JSONResponse:
     collection: Collection | None = getattr(request.app.state, "collection", None)
     ready = collection is not None
@@ -24,6 +30,6 @@ def health(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/stats", response_model=StatsOut)
+@router.get("/stats", response_model=StatsOut, dependencies=[policy(Access.read)])
 def stats(collection: CollectionDep) -> StatsOut:
     return StatsOut(**collection.stats())

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from fastapi.responses import FileResponse
 
+from app.auth import Access, policy
 from app.deps import CollectionDep, SettingsDep
 from app.routes.uploads import parse_metadata, read_upload
 from app.schemas import DeleteOut, ErrorOut, ImageOut, UploadOut
@@ -23,7 +24,13 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("", response_model=UploadOut, status_code=201, responses={200: {"model": UploadOut}, **ERRORS})
+@router.post(
+    "",
+    response_model=UploadOut,
+    status_code=201,
+    responses={200: {"model": UploadOut}, **ERRORS},
+    dependencies=[policy(Access.write, shed=True)],
+)
 def upload_image(
     collection: CollectionDep,
     settings: SettingsDep,
@@ -39,18 +46,23 @@ def upload_image(
     return UploadOut(id=added.image.id, duplicate=added.duplicate, image=ImageOut.from_row(added.image))
 
 
-@router.get("/{image_id}", response_model=ImageOut, responses=ERRORS)
+@router.get("/{image_id}", response_model=ImageOut, responses=ERRORS, dependencies=[policy(Access.read)])
 def get_image(collection: CollectionDep, image_id: ImageId) -> ImageOut:
     return ImageOut.from_row(collection.get(image_id))
 
 
-@router.get("/{image_id}/file", response_class=FileResponse, responses=ERRORS)
+@router.get(
+    "/{image_id}/file",
+    response_class=FileResponse,
+    responses=ERRORS,
+    dependencies=[policy(Access.read)],
+)
 def get_image_file(collection: CollectionDep, image_id: ImageId) -> FileResponse:
     row = collection.get(image_id)
     return FileResponse(collection.file_path(row), media_type=media_type(row.format))
 
 
-@router.delete("/{image_id}", response_model=DeleteOut, responses=ERRORS)
+@router.delete("/{image_id}", response_model=DeleteOut, responses=ERRORS, dependencies=[policy(Access.write)])
 def delete_image(collection: CollectionDep, settings: SettingsDep, image_id: ImageId) -> DeleteOut:
     row = collection.delete(image_id)
     Thumbnails.for_settings(settings).drop(row.sha256)  # a deleted image must not linger as a thumbnail

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from app.auth import Access, policy
 from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS
 from app.routes.uploads import read_upload
@@ -18,7 +19,12 @@ router = APIRouter(tags=["search"])
 MAX_K = 100
 
 
-@router.post("/search", response_model=SearchOut, responses=ERRORS)
+@router.post(
+    "/search",
+    response_model=SearchOut,
+    responses=ERRORS,
+    dependencies=[policy(Access.read, shed=True)],
+)
 def search(
     collection: CollectionDep,
     settings: SettingsDep,

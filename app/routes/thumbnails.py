@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from app.auth import Access, policy
 from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS, ImageId
 from app.services.thumbnails import DEFAULT_SIZE, SIZES, Thumbnails, check_size, etag
@@ -29,6 +30,7 @@ ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
     "/{image_id}/thumbnail",
     response_class=FileResponse,
     responses={**ERRORS, 304: {"description": "The client's copy (If-None-Match) is current."}},
+    dependencies=[policy(Access.read)],
 )
 def get_thumbnail(
     request: Request,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def upload(client: TestClient, data: bytes, name: str = "a.jpg", **form: str):  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from app.cli import app as cli
 from app.config import Settings
 from app.main import create_app
 from app.services.keys import Role, create_key, revoke_key
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def bearer(secret: str) -> dict[str, str]:

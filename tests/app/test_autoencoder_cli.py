@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import app
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 runner = CliRunner()
 

@@ -20,7 +20,8 @@ from app.main import create_app
 from app.services import bulk
 from app.services.backup import BackupError, backup, restore
 from app.services.collection import Collection
-from tests.app.conftest import image_bytes, tiny_settings
+from tests.helpers.images import image_bytes
+from tests.helpers.settings import tiny_settings
 
 runner = CliRunner()
 IMAGES = 48

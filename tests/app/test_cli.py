@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.config import Settings
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 runner = CliRunner()
 

@@ -14,8 +14,8 @@ from app.config import Settings
 from app.errors import CollectionMismatchError
 from app.main import create_app
 from models import EncoderConfigError
-from tests.app.conftest import image_bytes
-from tests.dae import train_tiny
+from tests.helpers.dae import train_tiny
+from tests.helpers.images import image_bytes
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def subset(corel_module: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def corel_module() -> Path:
-    from tests.app.conftest import COREL
+    from tests.helpers.paths import COREL
 
     if not COREL.is_dir():
         pytest.fail(f"the Corel-1K dataset is missing at {COREL}")

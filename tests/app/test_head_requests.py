@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def test_head_answers_like_get_without_a_body(client: TestClient) -> None:

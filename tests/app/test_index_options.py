@@ -11,7 +11,7 @@ from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.services.collection import Collection
 from index import VectorIndex
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from prometheus_client.samples import Sample
 from app.config import Settings
 from app.main import create_app
 from app.observability import JsonFormatter, TextFormatter, request_id_var
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def scrape(client: TestClient) -> dict[str, list[Sample]]:

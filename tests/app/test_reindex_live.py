@@ -23,8 +23,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-# `cbir` with the test backbones registered (tests/conftest.py), as a subprocess can run it.
-CBIR = [sys.executable, "-c", "import tests.conftest; from app.cli import main; main()"]
+# `cbir` with the test backbones registered (tests/helpers/backbones.py), as a subprocess can run it.
+CBIR = [sys.executable, "-c", "import tests.helpers.backbones; from app.cli import main; main()"]
 
 
 def free_port() -> int:
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def test_reindex_switches_a_served_collection_while_searches_go_on(tmp_path: Path) -> None:
-    from tests.app.conftest import COREL
+    from tests.helpers.paths import COREL
 
     if not COREL.is_dir():
         pytest.fail(f"the Corel-1K dataset is missing at {COREL}")

@@ -26,7 +26,7 @@ PER_CLASS = 20
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collection]:
-    from tests.app.conftest import COREL
+    from tests.helpers.paths import COREL
 
     if not COREL.is_dir():
         pytest.fail(f"the Corel-1K dataset is missing at {COREL}")
@@ -59,7 +59,7 @@ def rank_of(name: str, hits: list[Hit]) -> int | None:
 
 def test_a_box_around_a_pasted_object_finds_its_photo(collection: Collection) -> None:
     """One query per class: its 6th photo pasted into the 2nd photo of the class three folders on."""
-    from tests.app.conftest import COREL
+    from tests.helpers.paths import COREL
 
     classes = sorted(folder for folder in COREL.iterdir() if folder.is_dir())
     ranks: dict[str, tuple[int | None, int | None]] = {}

@@ -13,7 +13,8 @@ from app.cli import app as cli
 from app.main import create_app
 from app.services.versions import FINGERPRINT_RUNTIMES, encoder_spec, settings_for
 from models.runtimes import available_runtimes, get_runtime
-from tests.app.conftest import image_bytes, tiny_settings
+from tests.helpers.images import image_bytes
+from tests.helpers.settings import tiny_settings
 
 runner = CliRunner()
 

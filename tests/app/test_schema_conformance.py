@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.config import Settings
 from app.main import create_app
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def add(client: TestClient, data: bytes) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from index import VectorIndex
-from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
+from tests.helpers.vectors import DIM, FINGERPRINT, unit_vectors
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from index import VectorIndex
-from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
+from tests.helpers.vectors import DIM, FINGERPRINT, unit_vectors
 
 WRITERS = 4
 BATCHES = 25

@@ -21,7 +21,7 @@ from index import (
     VectorIndex,
     VectorIndexError,
 )
-from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
+from tests.helpers.vectors import DIM, FINGERPRINT, unit_vectors
 
 Filled = tuple[VectorIndex, np.ndarray, np.ndarray]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from index import IndexSpec, VectorIndex
-from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
+from tests.helpers.vectors import DIM, FINGERPRINT, unit_vectors
 
 Filled = tuple[VectorIndex, np.ndarray, np.ndarray]
 

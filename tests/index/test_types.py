@@ -12,7 +12,7 @@ import pytest
 from index import INDEX_TYPES, IndexFileError, IndexSpec, SearchParams, VectorIndex, VectorIndexError, store
 from index.build import build_index
 from index.factory import sample_rows, spec_for, train_sample_size
-from tests.index._helpers import DIM, FINGERPRINT, unit_vectors
+from tests.helpers.vectors import DIM, FINGERPRINT, unit_vectors
 
 N = 600
 

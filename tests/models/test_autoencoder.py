@@ -19,8 +19,8 @@ from models.autoencoder import (
     read_checkpoint,
     write_checkpoint,
 )
-from tests.dae import TINY, train_tiny
-from tests.models.conftest import photo
+from tests.helpers.dae import TINY, train_tiny
+from tests.helpers.images import photo
 
 
 @pytest.fixture(scope="module")

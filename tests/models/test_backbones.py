@@ -20,7 +20,14 @@ def _lite0_file() -> Path:
 
 def test_registry_lists_product_and_test_backbones() -> None:
     names = available_backbones()
-    assert {"efficientnet_lite0", "tf_efficientnet_lite0", "resnet50", "vgg16", "tiny_random"} <= set(names)
+    assert {
+        "efficientnet_lite0",
+        "tf_efficientnet_lite0",
+        "resnet50",
+        "vgg16",
+        "tiny_random",
+        "cell_stats",
+    } <= set(names)
     assert names == sorted(names)
 
 
@@ -33,7 +40,7 @@ def test_tiny_backbone_gives_a_feature_map() -> None:
 
 def test_unknown_backbone_lists_the_known_ones() -> None:
     with pytest.raises(
-        EncoderConfigError, match="unknown backbone 'nope'; known backbones: efficientnet_lite0"
+        EncoderConfigError, match="unknown backbone 'nope'; known backbones: cell_stats, efficientnet_lite0"
     ):
         build_backbone("nope")
 

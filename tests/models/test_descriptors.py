@@ -13,7 +13,7 @@ from models import Encoder, EncoderConfigError, build_encoder, build_head
 from models.fitted import FittedParameters, load_fitted, save_fitted
 from models.heads.netvlad import NetVLAD
 from models.projection import Projection
-from tests.models.conftest import photo
+from tests.helpers.images import photo
 
 
 def _points(*columns: tuple[float, float]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from models.preprocess import (
     resize_long_side,
     to_tensor,
 )
-from tests.models.conftest import encode, photo
+from tests.helpers.images import encode, photo
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import Encoder, EncoderConfigError, build_encoder, to_tensor
-from tests.models.conftest import photo
+from tests.helpers.images import photo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_fingerprint_names_what_made_the_vectors(tiny_encoder: Encoder) -> None:
 
 def test_fingerprint_is_stable_across_processes() -> None:
     code = (
-        "import tests.conftest; from models import build_encoder; "
+        "import tests.helpers.backbones; from models import build_encoder; "
         "print(build_encoder('tiny_random', 'gem', max_side=64, device='cpu').fingerprint)"
     )
     result = subprocess.run(

@@ -9,7 +9,7 @@ from PIL import Image, ImageFile
 
 from models import ImageDecodeError, ImageTooLargeError, decode_image, to_tensor
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from tests.models.conftest import encode, photo, png_header_only
+from tests.helpers.images import encode, photo, png_header_only
 
 WHITE = (255, 255, 255)
 

@@ -15,7 +15,7 @@ from models.preprocess import to_tensor
 from models.runtimes import FP32_TOLERANCE, RuntimeContext, available_runtimes, choose_runtime, get_runtime
 from models.runtimes.cpu import has_fast_bf16
 from models.runtimes.int8 import calibrate
-from tests.models.conftest import photo
+from tests.helpers.images import photo
 
 FP32_COMPATIBLE = [name for name in available_runtimes() if get_runtime(name).fingerprint_tag is None]
 

@@ -12,7 +12,7 @@ from models import Encoder, build_encoder, decode_image, to_tensor
 from models.backbones import build_backbone
 from models.runtimes import FP32_TOLERANCE, RuntimeContext, available_runtimes, get_runtime
 from models.runtimes.int8 import calibrate
-from tests.models.conftest import COREL
+from tests.helpers.paths import COREL
 
 pytestmark = pytest.mark.slow
 

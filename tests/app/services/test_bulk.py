@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +15,11 @@ from sqlalchemy import func, select
 
 from app.config import Settings
 from app.db.tables import Image
-from app.encoders import encoder_from_settings
+from app.observability import InferenceMeter
 from app.services import bulk
 from app.services.collection import Collection
-from tests.app.conftest import image_bytes
-
-
-def open_collection(settings: Settings) -> Collection:
-    return Collection.open(settings, encoder_from_settings(settings))
+from tests.helpers.collections import open_collection
+from tests.helpers.images import image_bytes
 
 
 def stored(collection: Collection) -> dict[str, tuple[np.ndarray, dict, int, int]]:
@@ -153,3 +152,54 @@ def test_gpu_decoding_accepts_what_the_cpu_accepts_with_close_vectors(
         cpu_vector, _, cpu_width, cpu_height = cpu_rows[digest]
         assert (width, height) == (cpu_width, cpu_height)
         assert float(vector @ cpu_vector) > 0.98
+
+
+class CountingMeter(InferenceMeter):
+    """Counts the pictures that went through the encoder."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    @contextmanager
+    def running(self, images: int) -> Iterator[None]:
+        self.images += images
+        yield
+
+
+def test_each_distinct_picture_is_embedded_once_and_a_rerun_embeds_none(
+    settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "repeats"
+    folder.mkdir()
+    for seed in range(6):
+        (folder / f"{seed}.jpg").write_bytes(image_bytes(seed))
+    for copy in range(3):  # the same bytes under other names, in the same run
+        (folder / f"z-copy{copy}.jpg").write_bytes(image_bytes(2))
+    collection = open_collection(settings)
+    collection.meter = meter = CountingMeter()
+    first = bulk.index_directory(collection, folder)
+    assert (first.added, first.duplicates, meter.images) == (6, 3, 6)
+    again = bulk.index_directory(collection, folder)
+    assert (again.added, again.duplicates, meter.images) == (0, 9, 6)  # known by hash: not even decoded
+    assert collection.index.ntotal == 6
+    collection.close()
+
+
+def test_a_picture_stored_after_the_job_listed_the_collection_is_not_added_twice(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload that lands while the job runs: the job's list of known hashes is stale, the database's
+    own check at ingest must still refuse the second copy."""
+    folder = tmp_path / "late"
+    folder.mkdir()
+    for seed in range(4):
+        (folder / f"{seed}.jpg").write_bytes(image_bytes(seed))
+    collection = open_collection(settings)
+    uploaded = collection.add_upload(image_bytes(1), "uploaded.jpg").image.id
+    monkeypatch.setattr(collection, "known_sha256", set)  # as listed before the upload
+    report = bulk.index_directory(collection, folder)
+    assert (report.added, report.duplicates) == (3, 1)
+    with collection.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 4
+    assert collection.index.ntotal == 4 and uploaded in set(collection.index.ids().tolist())
+    collection.close()

@@ -11,18 +11,14 @@ import pytest
 from PIL import Image
 
 from app.config import Settings
-from app.encoders import encoder_from_settings
 from app.errors import CollectionMismatchError
 from app.services.collection import Collection
 from app.services.decoding import sha256_of
 from app.services.gate import ServiceBusyError
 from app.services.reindex import reindex_collection
 from index import VectorIndex
-from tests.app.conftest import image_bytes
-
-
-def open_collection(settings: Settings) -> Collection:
-    return Collection.open(settings, encoder_from_settings(settings))
+from tests.helpers.collections import open_collection
+from tests.helpers.images import image_bytes
 
 
 def add(collection: Collection, seeds: range) -> list[int]:

@@ -25,7 +25,7 @@ IMAGES = 300
 
 def register_tiny_backbone() -> None:
     """Ray workers build the encoder themselves: the tests' tiny backbone must be registered there too."""
-    import tests.conftest  # noqa: F401  (registers tiny_random on import)
+    import tests.helpers.backbones  # noqa: F401  (registers tiny_random on import)
 
 
 @pytest.fixture(scope="module")

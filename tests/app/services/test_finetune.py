@@ -14,7 +14,8 @@ from app.services.fit import FitOptions, fit_encoder
 from models import EncoderConfigError, build_encoder
 from models.fitted import load_fitted
 from models.training.contrastive import ContrastiveConfig
-from tests.app.conftest import image_bytes, tiny_settings
+from tests.helpers.images import image_bytes
+from tests.helpers.settings import tiny_settings
 
 
 @pytest.fixture

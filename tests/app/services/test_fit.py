@@ -13,7 +13,7 @@ from app.services.decoding import list_files
 from app.services.fit import FitOptions, fit_encoder, kmeans_centroids, learn_projection
 from models import EncoderConfigError, build_encoder
 from models.fitted import load_fitted
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def unit(x: np.ndarray) -> np.ndarray:

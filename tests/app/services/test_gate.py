@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.services.gate import InferenceGate, ServiceBusyError
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def test_bounded_request_is_refused_when_the_queue_is_full() -> None:

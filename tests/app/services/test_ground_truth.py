@@ -16,7 +16,7 @@ from app.services.decoding import list_files
 from app.services.ground_truth import GroundTruthReport, evaluate_ground_truth, read_ground_truth
 from app.services.reranking import RerankOptions
 from models import Encoder, build_encoder, decode_image
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 
 def resaved(data: bytes, quality: int) -> bytes:

@@ -9,18 +9,14 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.encoders import encoder_from_settings
 from app.services.collection import Collection
 from app.services.index_build import IndexBuildError, rebuild_index
 from app.services.reranking import RerankOptions
 from index import VectorIndex
-from tests.app.conftest import image_bytes
+from tests.helpers.collections import open_collection
+from tests.helpers.images import image_bytes
 
 N = 300  # enough to train an IVF (index.factory.MIN_TRAIN_VECTORS)
-
-
-def open_collection(settings: Settings) -> Collection:
-    return Collection.open(settings, encoder_from_settings(settings))
 
 
 def fill(collection: Collection, n: int = N) -> np.ndarray:

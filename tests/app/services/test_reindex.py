@@ -16,11 +16,8 @@ from app.services import reindex as reindex_module
 from app.services.collection import Collection
 from app.services.reindex import ReindexError, reindex_collection
 from index import VectorIndex
-from tests.app.conftest import image_bytes
-
-
-def open_collection(settings: Settings) -> Collection:
-    return Collection.open(settings, encoder_from_settings(settings))
+from tests.helpers.collections import open_collection
+from tests.helpers.images import image_bytes
 
 
 def fill(collection: Collection, seeds: range) -> list[int]:

@@ -11,7 +11,7 @@ from app.services.collection import Collection
 from app.services.evaluation import retrieval_metrics
 from app.services.reranking import NeighbourCache, RerankOptions, rank
 from index import VectorIndex
-from tests.app.conftest import image_bytes
+from tests.helpers.images import image_bytes
 
 N, DIM = 60, 8
 

@@ -10,7 +10,7 @@ import torch
 from models import load_autoencoder
 from models.autoencoder import read_checkpoint
 from models.training import EpochReport, NoiseConfig, train_autoencoder
-from tests.dae import TINY, blobs, tiny_training, train_tiny
+from tests.helpers.dae import TINY, blobs, tiny_training, train_tiny
 
 
 class Interrupted(Exception):
