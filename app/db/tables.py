@@ -8,7 +8,7 @@ Alembic migrations (``migrations/``); a test checks that autogenerate finds no d
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -54,7 +54,7 @@ class Image(Base):
     client's cached copy or another process's index entry under an id always means the same picture."""
 
     __tablename__ = "images"
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -119,7 +119,7 @@ class Change(Base):
     """
 
     __tablename__ = "changes"
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     op: Mapped[str] = mapped_column(String(16))
