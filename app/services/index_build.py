@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
+from app.db.changes import INDEX_REBUILD, record_change
 from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CbirError
@@ -190,6 +191,8 @@ def rebuild_index(
         )
         with index_file_lock(settings.index_path):
             index.save(settings.index_path)
+        with sessions.begin() as session:
+            record_change(session, INDEX_REBUILD)
     finally:
         engine.dispose()
     return BuildReport(
