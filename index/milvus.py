@@ -90,7 +90,9 @@ class MilvusStore:
             stored_dim = next(
                 int(f.get("params", {}).get("dim", 0)) for f in info["fields"] if f["name"] == "vector"
             )
-            if info.get("description") != self.fingerprint or stored_dim != self.dim:
+            # Milvus Lite does not keep the description across restarts: an empty one is not a mismatch.
+            described = info.get("description") or self.fingerprint
+            if described != self.fingerprint or stored_dim != self.dim:
                 raise VectorIndexError(
                     f"Milvus collection {self.collection!r} at {self.uri} holds vectors of encoder "
                     f"{info.get('description')!r} (dim {stored_dim}), not {self.fingerprint!r} "

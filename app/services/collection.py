@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL.Image import Image as PILImage
@@ -28,7 +28,7 @@ from app.db.session import make_engine, make_session_factory, sqlite_file
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
-from app.services import following
+from app.services import following, stores
 from app.services.decoding import Prepared, Storable, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate, ServiceBusyError
 from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
@@ -161,6 +161,9 @@ class Collection:
     def close(self) -> None:
         if self._files_pool is not None:
             self._files_pool.shutdown()
+        close_store = getattr(self.index, "close", None)
+        if callable(close_store):
+            close_store()
         self.engine.dispose()
 
     def reconcile(self) -> tuple[int, int]:
@@ -245,6 +248,11 @@ class Collection:
                     f"the recorded settings ({active.describe()}) build '{encoder.fingerprint}' here, not "
                     f"'{fingerprint}': restart the service with the collection's encoder"
                 )
+            if stores.is_shared(self.index):
+                raise CollectionMismatchError(
+                    "a shared vector store is rebuilt once, not by each replica: run `cbir index-build` "
+                    "after `cbir reindex`, then restart the replicas with the collection's encoder"
+                )
             seq = following.latest(self.sessions)  # before the rows: later commits come from the feed
             index = build_from_rows(
                 self.sessions,
@@ -273,6 +281,8 @@ class Collection:
         A stat() per call; the header is read only when the file changed, and the file only when its build
         is not this index's (the saves of a bulk job beside the service keep the build and are not reloaded).
         """
+        if stores.is_shared(self.index):
+            return  # a shared store is rebuilt in place; there is no file to pick up
         if not self._follow_lock.acquire(blocking=False):
             return  # another request is looking already
         try:
@@ -404,6 +414,7 @@ class Collection:
         staged: list[Path] = []
         with self._write_lock:
             self._refuse_if_swapped(made_by)
+            self._require_store()
             try:
                 self._insert_rows(items, vectors, results, staged, copy_files)
             except BaseException:
@@ -467,6 +478,13 @@ class Collection:
                 f"embedded by '{made_by}' (`cbir reindex`): retry, and they are embedded by the new one"
             )
 
+    def _require_store(self) -> None:
+        """A shared store must answer before a write commits: if Milvus is down, the write is refused (503,
+        StoreUnavailableError) instead of committing rows it cannot index. Should it fail between this check
+        and the store write, the rows are committed and every process re-adds them from the change feed."""
+        if stores.is_shared(self.index):
+            self.index.ntotal  # noqa: B018  (one round trip; raises StoreUnavailableError)
+
     def _refuse_if_switched(self, session: Session, advice: str) -> None:
         """Writes under an encoder that `cbir reindex` has just replaced would mix vector spaces."""
         active = read_active(session)
@@ -494,6 +512,7 @@ class Collection:
         staged: list[Path] = []
         with self._write_lock:
             self._refuse_if_swapped(made_by)
+            self._require_store()
             try:
                 with self.sessions.begin() as session:
                     self._refuse_if_switched(session, "restart the bulk job with the new settings")
@@ -547,6 +566,7 @@ class Collection:
 
     def delete(self, image_id: int) -> Image:
         with self._write_lock:
+            self._require_store()
             with self.sessions.begin() as session:
                 row = session.get(Image, image_id)
                 if row is None:
@@ -571,6 +591,8 @@ class Collection:
     def save_index(self, *, new_build: bool = False) -> None:
         """Save the index file, unless it now holds another build of the index (``new_build``: this index
         is one, built here at open, and replaces whatever the file holds)."""
+        if stores.is_shared(self.index):
+            return  # Milvus persists (and flushes) each write itself
         with self._write_lock:
             if read_active_fingerprint(self.engine) not in (None, self.index.fingerprint):
                 return  # `cbir reindex` switched the collection: the index file is the new encoder's now
@@ -689,7 +711,7 @@ class Collection:
             "indexed": self.index.ntotal,
             "dimension": self.encoder.dim,
             "encoder": self.encoder.fingerprint,
-            "index_type": f"{self.index.spec.describe()} (inner product)",
+            "index_type": f"{_describe(self.index)} (inner product)",
             "device": str(self.encoder.device),
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
             "removed_entries": self.index.tombstones,
@@ -731,6 +753,10 @@ def _open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tu
     of vectors takes minutes, which a service start should not spend unasked.
     """
     path, dim, fingerprint = settings.index_path, encoder.dim, encoder.fingerprint
+    if settings.vector_store == "milvus":
+        # A shared store: open() reconciles it with the rows like a file. The collection drives it through
+        # the VectorIndex methods that both have (add, remove, search, ids, reconstruct_batch, ntotal).
+        return cast(VectorIndex, stores.open_milvus(settings, dim, fingerprint)), False
 
     def rebuild(reason: str | None) -> tuple[VectorIndex, bool]:
         if reason:
@@ -767,6 +793,11 @@ def _open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tu
             wanted.type,
         )
     return index, False
+
+
+def _describe(index: VectorIndex) -> str:
+    describe = getattr(index, "describe", None)  # a shared store describes itself (index/milvus.py)
+    return str(describe()) if callable(describe) else index.spec.describe()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

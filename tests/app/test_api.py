@@ -8,12 +8,20 @@ import struct
 import zlib
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
-from tests.app.conftest import image_bytes
+from index import available_stores
+from tests.app.conftest import image_bytes, tiny_settings
+
+
+@pytest.fixture(params=available_stores())
+def settings(tmp_path: Path, database_url: str | None, request: pytest.FixtureRequest) -> Settings:
+    """The API over every registered vector store: FAISS, and Milvus (Milvus Lite in the test's folder)."""
+    return tiny_settings(tmp_path, database_url).model_copy(update={"vector_store": request.param})
 
 
 def upload(client: TestClient, data: bytes, name: str = "a.jpg", **form: str):  # type: ignore[no-untyped-def]
