@@ -68,7 +68,14 @@ class MilvusStore:
         from pymilvus.exceptions import MilvusException
 
         try:
-            return fn()
+            try:
+                return fn()
+            except MilvusException as exc:
+                # A restarted Milvus has the collection released: load it again, once, and retry.
+                if "load" not in str(exc) or not hasattr(self, "_client"):
+                    raise
+                self._client.load_collection(self.collection, timeout=self._timeout)
+                return fn()
         except (MilvusException, ConnectionError, TimeoutError, OSError) as exc:
             raise StoreUnavailableError(
                 f"Milvus at {self.uri} (CBIR_MILVUS_URI) cannot be reached or refused the request: "
