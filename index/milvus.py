@@ -286,6 +286,8 @@ class MilvusStore:
         self._call(lambda: self._client.drop_collection(self.collection, timeout=self._timeout))
 
     def close(self) -> None:
+        """Close the client. pymilvus shares one connection between the clients of a URI in a process, so
+        this ends every other store's too: only for a process that is done with Milvus."""
         # Closing a client whose server is gone must not fail a shutdown.
         with contextlib.suppress(Exception):
             self._client.close()

@@ -161,9 +161,6 @@ class Collection:
     def close(self) -> None:
         if self._files_pool is not None:
             self._files_pool.shutdown()
-        close_store = getattr(self.index, "close", None)
-        if callable(close_store):
-            close_store()
         self.engine.dispose()
 
     def reconcile(self) -> tuple[int, int]:
