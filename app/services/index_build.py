@@ -33,7 +33,7 @@ from app.errors import CbirError
 from app.services.versions import read_active_fingerprint
 from index import AUTO, INDEX_TYPES, IndexSpec, VectorIndex, VectorIndexError
 from index.build import build_index
-from index.factory import resolve, sample_rows, train_sample_size
+from index.factory import resolve, sample_rows, spec_for, train_sample_size
 
 __all__ = [
     "BuildReport",
@@ -193,7 +193,7 @@ def rebuild_index(
             with sessions.begin() as session:
                 record_change(session, INDEX_REBUILD)
             return BuildReport(
-                IndexSpec("hnsw"),
+                spec_for("hnsw", int(count or 0), dim),
                 int(count or 0),
                 time.perf_counter() - started,
                 Path(settings.milvus_collection),
