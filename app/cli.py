@@ -834,7 +834,7 @@ def index_build(
         with file_progress("building index") as update:
             report = rebuild_index(settings, on_progress=update)
         console.print(
-            f"built {report.spec.describe()} with {report.count} vectors in {report.seconds:.1f} s "
+            f"built {report.description} with {report.count} vectors in {report.seconds:.1f} s "
             f"(was {report.previous or 'no index'}); saved to {report.path}"
         )
         asked = settings.index_type

@@ -140,6 +140,26 @@ class Settings(BaseSettings):
         default="json", description="`cbir serve` logs: one JSON object per line (with request ids), or text."
     )
 
+    # -- vector store (issue 12): which index/ store holds the vectors, and where Milvus is ----------------
+    vector_store: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description="faiss: each process holds its own index file copy and follows the change feed; milvus: "
+        "every replica shares one Milvus (CBIR_MILVUS_URI).",
+    )
+    milvus_uri: str | None = Field(
+        default=None,
+        description="Milvus to use with CBIR_VECTOR_STORE=milvus: http://host:19530 (a server, or "
+        "`milvus-lite server`), or a file path for Milvus Lite in this one process (default: "
+        "DATA_DIR/milvus.db).",
+    )
+    milvus_collection: str = Field(
+        default="cbir", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", description="The Milvus collection's name."
+    )
+
+    @property
+    def milvus_target(self) -> str:
+        return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

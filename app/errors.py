@@ -79,6 +79,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _cbir(_: Request, exc: CbirError) -> JSONResponse:
         return error_response(exc)
 
+    from index import StoreUnavailableError  # here, not at import: `cbir --help` loads no FAISS
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _store(_: Request, exc: StoreUnavailableError) -> JSONResponse:
+        # The message names CBIR_MILVUS_URI; the store's client reconnects by itself, so retrying works.
+        body = _body("vector_store_unavailable", str(exc))
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [

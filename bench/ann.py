@@ -15,6 +15,12 @@ service's search threads (CBIR_SEARCH_THREADS). The last line is JSON.
 
     python bench/ann.py                                  # 1,000,000 vectors, every type (hnsw at --hnsw-n)
     python bench/ann.py --n 100000 --types flat,ivf_flat # quicker
+    python bench/ann.py --n 20000 --types flat,hnsw --stores milvus   # the milvus store beside FAISS
+
+``--stores milvus`` measures the ``milvus`` vector store (index/milvus.py) on the same vectors and queries:
+built through the store's own add (batched inserts, a flush, HNSW M=16 efConstruction=200), searched one
+query at a time through its search (a gRPC round trip each) at several ef. ``--milvus-uri`` is a Milvus
+server, or by default Milvus Lite in a file under --cache.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
 from app.services.decoding import list_files  # noqa: E402
-from index import INDEX_TYPES, IndexSpec, SearchParams, VectorIndex  # noqa: E402
+from index import INDEX_TYPES, IndexSpec, SearchParams, VectorIndex, VectorStore, build_store  # noqa: E402
 from index.build import build_index  # noqa: E402
 from index.factory import choose_type, sample_rows, spec_for, train_sample_size  # noqa: E402
 from models import build_encoder, decode_image, to_tensor  # noqa: E402
@@ -147,11 +153,13 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def latencies_ms(index: VectorIndex, queries: np.ndarray, params: SearchParams | None) -> np.ndarray:
+def latencies_ms(
+    index: VectorIndex | VectorStore, queries: np.ndarray, params: SearchParams | None
+) -> np.ndarray:
     out = np.empty(len(queries))
     for i, query in enumerate(queries):
         tick = time.perf_counter()
-        index.search(query, K, params)
+        index.search(query, K, params=params)
         out[i] = (time.perf_counter() - tick) * 1000
     return out
 
@@ -214,6 +222,47 @@ def measure(
     return result
 
 
+def measure_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri: str) -> dict[str, object]:
+    """The milvus store on the same vectors: build through its add, then recall and latency per ef."""
+    n, dim = base.shape
+    print(f"\nmilvus: HNSW M=16 efConstruction=200 at {uri} on {n:,} vectors", file=sys.stderr)
+    store = build_store("milvus", dim=dim, fingerprint="bench", uri=uri, collection="bench_ann")
+    store.drop()  # type: ignore[attr-defined]
+    store = build_store("milvus", dim=dim, fingerprint="bench", uri=uri, collection="bench_ann")
+    tick = time.perf_counter()
+    for ids, part in batches(base, 20000):
+        store.add(ids, part)
+    build_s = time.perf_counter() - tick
+    print(f"  built in {build_s:.1f} s (inserts, flush and index)", file=sys.stderr)
+    rows = []
+    for ef in SWEEPS["hnsw"]:
+        params = SearchParams(ef_search=ef)
+        _, found = store.search(queries, K, params=params)
+        recall = recall_at_k(found, truth)
+        lat = latencies_ms(store, queries, params)
+        row = {
+            "setting": f"ef={ef}",
+            "recall@10": round(recall, 4),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "timed_queries": len(queries),
+        }
+        rows.append(row)
+        print(
+            f"  ef={ef:<11} recall@10 {recall:.4f}  p50 {row['p50_ms']:7.3f} ms  p99 {row['p99_ms']:7.3f} ms",
+            file=sys.stderr,
+        )
+    default = next(row for row in rows if row["setting"] == "ef=64")  # the store's default ef
+    return {
+        **{key: default[key] for key in ("recall@10", "p50_ms", "p99_ms")},
+        "n": n,
+        "params": {"M": 16, "efConstruction": 200, "ef": 64},
+        "build_s": round(build_s, 1),
+        "memory_mb": None,  # held by the Milvus process, not this one
+        "sweep": rows,
+    }
+
+
 def _at_default(spec: IndexSpec, rows: list[dict[str, object]]) -> dict[str, object]:
     """The row measured at the spec's own default search parameter (what the service uses)."""
     wanted = {
@@ -268,6 +317,9 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "ann", help="feature map cache")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stores", default="", help="vector stores to measure beside FAISS: milvus")
+    parser.add_argument("--milvus-uri", default=None, help="Milvus to measure [Milvus Lite under --cache]")
+    parser.add_argument("--milvus-n", type=int, default=None, help="database size for milvus [--n]")
     parser.add_argument(
         "--torch-threads",
         type=int,
@@ -331,6 +383,15 @@ def main() -> None:
         else:
             results[kind] = measure(kind, base, queries, truth, threads, args.flat_queries)
 
+    if "milvus" in args.stores.split(","):
+        n = args.milvus_n or args.n
+        small_truth = truth
+        if n < args.n:
+            _, small_truth = faiss.knn(queries, base[:n], K, metric=faiss.METRIC_INNER_PRODUCT)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        uri = args.milvus_uri or str(args.cache / "milvus-bench.db")
+        results["milvus"] = measure_milvus(base[:n], queries, small_truth, uri)
+
     print("\n" + _table(results, args.n), file=sys.stderr)
     meets = [kind for kind in kinds if _meets(results[kind])]
     print(
@@ -354,13 +415,15 @@ def _meets(row: object) -> bool:
 def _table(results: dict[str, object], n: int) -> str:
     heads = ("build s", "MiB", "recall@10", "p50 ms", "p99 ms")
     lines = [f"{'type':<9} {'n':>10} {'params':<48} " + " ".join(f"{h:>9}" for h in heads)]
-    for kind in INDEX_TYPES:
+    for kind in (*INDEX_TYPES, "milvus"):
         row = results.get(kind)
         if not isinstance(row, dict):
             continue
         params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        memory = row["memory_mb"]
+        mib = f"{memory:>9,.0f}" if isinstance(memory, int | float) else f"{'-':>9}"
         lines.append(
-            f"{kind:<9} {row['n']:>10,} {params:<48} {row['build_s']:>9.1f} {row['memory_mb']:>9,.0f} "
+            f"{kind:<9} {row['n']:>10,} {params:<48} {row['build_s']:>9.1f} {mib} "
             f"{row['recall@10']:>9.4f} {row['p50_ms']:>9.3f} {row['p99_ms']:>9.3f}"
         )
     return "\n".join(lines)

@@ -1,10 +1,13 @@
-"""Vector storage: FAISS behind a small, thread-safe, checked API.
+"""Vector storage: stores registered by name behind one protocol (index/base.py): FAISS, Milvus.
 
 Takes and returns float32 numpy arrays and int64 ids only, so that it knows nothing of torch, HTTP or SQL.
 """
 
+from index import faiss_store, milvus  # noqa: F401  (imported for their store registrations)
+from index.base import VectorStore, available_stores, build_store, register_store
 from index.errors import IndexFileError, IndexMismatchError, VectorIndexError
 from index.factory import AUTO, INDEX_TYPES, IndexSpec
+from index.milvus import StoreUnavailableError
 from index.store import FORMAT_VERSION, SearchParams, VectorIndex
 
 __all__ = [
@@ -15,6 +18,11 @@ __all__ = [
     "IndexMismatchError",
     "IndexSpec",
     "SearchParams",
+    "StoreUnavailableError",
     "VectorIndex",
     "VectorIndexError",
+    "VectorStore",
+    "available_stores",
+    "build_store",
+    "register_store",
 ]

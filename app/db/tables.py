@@ -50,7 +50,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Image(Base):
+    """An image. Its id is never handed out twice (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), so a
+    client's cached copy or another process's index entry under an id always means the same picture."""
+
     __tablename__ = "images"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -103,3 +107,21 @@ class StagedVector(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     encoder: Mapped[str] = mapped_column(String(256), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Change(Base):
+    """One change to the collection, written in the transaction that makes it: the change feed.
+
+    Processes that hold vectors (each service's FAISS copy) replay the entries after the last ``seq`` they
+    applied before they answer a search (app/services/feed.py); ``seq`` is in commit order (AUTOINCREMENT on
+    SQLite, whose writers are serialised; on PostgreSQL writers take a transaction-scoped advisory lock
+    before they append, so no entry becomes visible after a later one).
+    """
+
+    __tablename__ = "changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    op: Mapped[str] = mapped_column(String(16))
+    image_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=_utcnow)

@@ -59,7 +59,11 @@ def get_image(collection: CollectionDep, image_id: ImageId) -> ImageOut:
 )
 def get_image_file(collection: CollectionDep, image_id: ImageId) -> FileResponse:
     row = collection.get(image_id)
-    return FileResponse(collection.file_path(row), media_type=media_type(row.format))
+    # The ETag is the content's hash (not the file's mtime and size): a cached copy validates only for the
+    # same picture, and ids are never reused, so an id never comes to mean another one.
+    return FileResponse(
+        collection.file_path(row), media_type=media_type(row.format), headers={"ETag": f'"{row.sha256}"'}
+    )
 
 
 @router.delete("/{image_id}", response_model=DeleteOut, responses=ERRORS, dependencies=[policy(Access.write)])

@@ -14,8 +14,8 @@ from app.services.thumbnails import DEFAULT_SIZE, SIZES, Thumbnails, check_size,
 
 router = APIRouter(prefix="/images", tags=["images"])
 
-# Revalidated hourly rather than immutable: an id can be reused after a delete, and the ETag (the content's
-# hash) is what tells a browser its copy is still right.
+# Revalidated hourly: ids are never reused (migration 20261201_change_feed), and the ETag (the content's hash)
+# is what tells a browser its copy is still right even for a collection restored from an older backup.
 CACHE_CONTROL = "public, max-age=3600"
 
 

@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, create_engine, delete, func, make_url, select, text
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import migrate
+from app.db.changes import DELETE, record_change
 from app.db.tables import Image
 from app.errors import CbirError
 from app.storage import FileStore
@@ -144,9 +146,10 @@ def backup(
                 if on_progress is not None:
                     on_progress(done, len(rows))
             if gone:
-                with engine.begin() as connection:
+                with Session(engine) as session, session.begin():
                     for start in range(0, len(gone), 500):
-                        connection.execute(delete(Image).where(Image.id.in_(gone[start : start + 500])))
+                        session.execute(delete(Image).where(Image.id.in_(gone[start : start + 500])))
+                    record_change(session, DELETE, gone)
             report.deleted_during_backup = len(gone)
             report.images = len(rows) - len(gone)
             report.index = _write_index(engine, settings.index_path, staging / INDEX_NAME)

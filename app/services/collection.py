@@ -14,19 +14,21 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, Row, func, insert, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
+from app.db.changes import ADD, DELETE, UPDATE, last_seq, record_change
 from app.db.session import make_engine, make_session_factory, sqlite_file
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
+from app.services import following, stores
 from app.services.decoding import Prepared, Storable, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate, ServiceBusyError
 from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
@@ -102,7 +104,7 @@ class Collection:
         self._write_lock = threading.Lock()
         self.gate = InferenceGate(settings.inference_workers, settings.max_queue, settings.queue_timeout_s)
         self.meter: InferenceMeter = NO_METER  # the service sets its /metrics here
-        self._seen_id = 0  # highest row id already in the index (see catch_up)
+        self._seen_seq = 0  # the last change-feed entry this process's index reflects (see catch_up)
         self.rerank = options_from_settings(settings)  # requests may override it
         self._neighbours = NeighbourCache()
         self._switching: threading.Thread | None = None  # see _follow_switch
@@ -179,6 +181,7 @@ class Collection:
         the write lock, so no ingest can commit in between. Returns (replayed, dropped)."""
         current = Image.encoder == self.encoder.fingerprint
         with self.sessions() as session:
+            seq = last_seq(session)  # read first: whatever commits after it is replayed from the feed
             db_ids = np.fromiter(session.scalars(select(Image.id).where(current)), dtype=np.int64)
             index_ids = index.ids()
             missing = np.setdiff1d(db_ids, index_ids)
@@ -189,34 +192,28 @@ class Collection:
                 if rows:
                     ids = np.array([row.id for row in rows], dtype=np.int64)
                     index.add(ids, _vectors_from_rows([row.vector for row in rows], self.encoder.dim))
-            self._seen_id = int(db_ids.max()) if len(db_ids) else 0
+            self._seen_seq = seq
         if len(stray):
             index.remove(stray)
         return len(missing), len(stray)
 
     def catch_up(self) -> int:
-        """Add rows that another process (`cbir index` beside a running service) committed since last time.
+        """Apply what other processes (replicas, `cbir index`, a delete anywhere) committed since last time:
+        additions and deletions alike, from the change feed (app/services/following.py). Returns the number
+        of ids added or removed.
 
-        A primary-key range query, cheap enough to run before every search.
+        One ``max(seq)`` lookup when nothing changed, cheap enough to run before every search: a change
+        committed anywhere is seen by the next search on every process.
         """
         self._follow_switch()
         self._follow_rebuild()
-        with self._write_lock, self.sessions() as session:
-            rows = session.execute(
-                select(Image.id, Image.vector)
-                .where(Image.id > self._seen_id, Image.encoder == self.encoder.fingerprint)
-                .order_by(Image.id)
-            ).all()
-            if not rows:
-                return 0
-            self._seen_id = int(rows[-1].id)
-            return self._add_rows([row for row in rows if row.id not in self.index])
-
-    def _add_rows(self, rows: Sequence[Row[int, bytes]]) -> int:
-        if rows:
-            ids = np.array([row.id for row in rows], dtype=np.int64)
-            self.index.add(ids, _vectors_from_rows([row.vector for row in rows], self.encoder.dim))
-        return len(rows)
+        if following.latest(self.sessions) <= self._seen_seq:
+            return 0
+        with self._write_lock:
+            self._seen_seq, added, removed = following.follow(
+                self.index, self.sessions, self._seen_seq, self.encoder.fingerprint, self.encoder.dim
+            )
+        return added + removed
 
     # -- following `cbir reindex` --------------------------------------------------------------------------
     def _follow_switch(self) -> None:
@@ -248,6 +245,12 @@ class Collection:
                     f"the recorded settings ({active.describe()}) build '{encoder.fingerprint}' here, not "
                     f"'{fingerprint}': restart the service with the collection's encoder"
                 )
+            if stores.is_shared(self.index):
+                raise CollectionMismatchError(
+                    "a shared vector store is rebuilt once, not by each replica: run `cbir index-build` "
+                    "after `cbir reindex`, then restart the replicas with the collection's encoder"
+                )
+            seq = following.latest(self.sessions)  # before the rows: later commits come from the feed
             index = build_from_rows(
                 self.sessions,
                 fingerprint,
@@ -258,7 +261,7 @@ class Collection:
             stored = index.ids()
             with self._write_lock:
                 self.settings, self.encoder, self.index = settings, encoder, index
-                self._seen_id = int(stored[-1]) if len(stored) else 0
+                self._seen_seq = seq
             log.warning(
                 "switched to encoder %s (%d images), as `cbir reindex` recorded", fingerprint, len(stored)
             )
@@ -275,6 +278,8 @@ class Collection:
         A stat() per call; the header is read only when the file changed, and the file only when its build
         is not this index's (the saves of a bulk job beside the service keep the build and are not reloaded).
         """
+        if stores.is_shared(self.index):
+            return  # a shared store is rebuilt in place; there is no file to pick up
         if not self._follow_lock.acquire(blocking=False):
             return  # another request is looking already
         try:
@@ -406,6 +411,7 @@ class Collection:
         staged: list[Path] = []
         with self._write_lock:
             self._refuse_if_swapped(made_by)
+            self._require_store()
             try:
                 self._insert_rows(items, vectors, results, staged, copy_files)
             except BaseException:
@@ -456,6 +462,7 @@ class Collection:
                 existing[item.sha256] = row
                 results.append(Added(row, duplicate=False))
             session.flush()
+            record_change(session, ADD, [added.image.id for added in results if not added.duplicate])
 
     def _refuse_if_swapped(self, made_by: str | None) -> None:
         """Vectors embedded before this process swapped in a new encoder must not be stored under it.
@@ -467,6 +474,13 @@ class Collection:
                 f"the collection switched to encoder '{self.encoder.fingerprint}' while these images were "
                 f"embedded by '{made_by}' (`cbir reindex`): retry, and they are embedded by the new one"
             )
+
+    def _require_store(self) -> None:
+        """A shared store must answer before a write commits: if Milvus is down, the write is refused (503,
+        StoreUnavailableError) instead of committing rows it cannot index. Should it fail between this check
+        and the store write, the rows are committed and every process re-adds them from the change feed."""
+        if stores.is_shared(self.index):
+            self.index.ntotal  # noqa: B018  (one round trip; raises StoreUnavailableError)
 
     def _refuse_if_switched(self, session: Session, advice: str) -> None:
         """Writes under an encoder that `cbir reindex` has just replaced would mix vector spaces."""
@@ -495,6 +509,7 @@ class Collection:
         staged: list[Path] = []
         with self._write_lock:
             self._refuse_if_swapped(made_by)
+            self._require_store()
             try:
                 with self.sessions.begin() as session:
                     self._refuse_if_switched(session, "restart the bulk job with the new settings")
@@ -519,6 +534,7 @@ class Collection:
                         found = session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(new)))
                         id_of = {digest: image_id for digest, image_id in found}
                         ids = [id_of[digest] for digest in new]
+                        record_change(session, ADD, ids)
             except BaseException:
                 for path in staged:
                     self.files.discard(path)
@@ -547,19 +563,33 @@ class Collection:
 
     def delete(self, image_id: int) -> Image:
         with self._write_lock:
+            self._require_store()
             with self.sessions.begin() as session:
                 row = session.get(Image, image_id)
                 if row is None:
                     raise NotFoundError(f"no image with id {image_id}")
                 session.delete(row)
+                record_change(session, DELETE, [image_id])
             self.index.remove([image_id])
         self.save_index()
         self.files.delete(row.sha256, row.format)
         return row
 
+    def update_metadata(self, image_id: int, meta: dict[str, Any]) -> Image:
+        """Replace an image's metadata; recorded in the feed so every process's caches may follow."""
+        with self._write_lock, self.sessions.begin() as session:
+            row = session.get(Image, image_id)
+            if row is None:
+                raise NotFoundError(f"no image with id {image_id}")
+            row.meta = dict(meta)
+            record_change(session, UPDATE, [image_id])
+        return row
+
     def save_index(self, *, new_build: bool = False) -> None:
         """Save the index file, unless it now holds another build of the index (``new_build``: this index
         is one, built here at open, and replaces whatever the file holds)."""
+        if stores.is_shared(self.index):
+            return  # Milvus persists (and flushes) each write itself
         with self._write_lock:
             if read_active_fingerprint(self.engine) not in (None, self.index.fingerprint):
                 return  # `cbir reindex` switched the collection: the index file is the new encoder's now
@@ -606,20 +636,26 @@ class Collection:
 
         ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile).
         """
-        self.catch_up()
-        index = index or self.index
-        scores, ids = rank(
-            index,
-            vectors,
-            k,
-            rerank or self.rerank,
-            cache=self._neighbours,
-            params=params or self.search_params,
-        )
-        wanted = {int(i) for i in ids.ravel() if i >= 0}
-        with self.sessions() as session:
-            rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(wanted)))}
-        # An id the database no longer has (deleted between the two reads) is dropped, never returned.
+        pinned = index
+        for _ in range(3):
+            self.catch_up()
+            index = pinned or self.index
+            scores, ids = rank(
+                index,
+                vectors,
+                k,
+                rerank or self.rerank,
+                cache=self._neighbours,
+                params=params or self.search_params,
+            )
+            wanted = {int(i) for i in ids.ravel() if i >= 0}
+            with self.sessions() as session:
+                rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(wanted)))}
+            if len(rows) == len(wanted):
+                break
+            # Deleted by another process between the feed check and this read: follow the feed again and
+            # search again, so the answer still holds k hits when the collection holds k images.
+        # An id the database no longer has is dropped, never returned.
         return [
             [Hit(rows[int(i)], float(s)) for s, i in zip(srow, irow, strict=True) if int(i) in rows]
             for srow, irow in zip(scores, ids, strict=True)
@@ -672,7 +708,7 @@ class Collection:
             "indexed": self.index.ntotal,
             "dimension": self.encoder.dim,
             "encoder": self.encoder.fingerprint,
-            "index_type": f"{self.index.spec.describe()} (inner product)",
+            "index_type": f"{_describe(self.index)} (inner product)",
             "device": str(self.encoder.device),
             "runtime": self.encoder.describe().get("runtime", "torch"),
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
@@ -715,6 +751,10 @@ def _open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tu
     of vectors takes minutes, which a service start should not spend unasked.
     """
     path, dim, fingerprint = settings.index_path, encoder.dim, encoder.fingerprint
+    if settings.vector_store == "milvus":
+        # A shared store: open() reconciles it with the rows like a file. The collection drives it through
+        # the VectorIndex methods that both have (add, remove, search, ids, reconstruct_batch, ntotal).
+        return cast(VectorIndex, stores.open_milvus(settings, dim, fingerprint)), False
 
     def rebuild(reason: str | None) -> tuple[VectorIndex, bool]:
         if reason:
@@ -751,6 +791,11 @@ def _open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tu
             wanted.type,
         )
     return index, False
+
+
+def _describe(index: VectorIndex) -> str:
+    describe = getattr(index, "describe", None)  # a shared store describes itself (index/milvus.py)
+    return str(describe()) if callable(describe) else index.spec.describe()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -26,13 +26,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
+from app.db.changes import INDEX_REBUILD, record_change
 from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CbirError
 from app.services.versions import read_active_fingerprint
 from index import AUTO, INDEX_TYPES, IndexSpec, VectorIndex, VectorIndexError
 from index.build import build_index
-from index.factory import resolve, sample_rows, train_sample_size
+from index.factory import resolve, sample_rows, spec_for, train_sample_size
 
 __all__ = [
     "BuildReport",
@@ -58,6 +59,11 @@ class BuildReport:
     seconds: float
     path: Path
     previous: str | None  # the replaced file's type, or None when there was none (or it was unreadable)
+    store: str | None = None  # a shared store's description (CBIR_VECTOR_STORE=milvus), else the file's
+
+    @property
+    def description(self) -> str:
+        return self.store or self.spec.describe()
 
 
 def spec_for_collection(settings: Settings, n: int, dim: int, index_type: str | None = None) -> IndexSpec:
@@ -82,7 +88,7 @@ def _vectors(blobs: list[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
-def _row_batches(
+def row_batches(
     sessions: sessionmaker[Session], fingerprint: str, dim: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, vectors) of the encoder's rows in id order, a batch per short read transaction."""
@@ -143,7 +149,7 @@ def build_from_rows(
             on_progress(done, max(len(ids), done))
 
     return build_index(
-        dim, fingerprint, spec, _row_batches(sessions, fingerprint, dim), train_sample=sample, on_added=added
+        dim, fingerprint, spec, row_batches(sessions, fingerprint, dim), train_sample=sample, on_added=added
     )
 
 
@@ -180,6 +186,20 @@ def rebuild_index(
                 f"the collection at {settings.db_url} holds no vectors: add images (`cbir index DIR`) first"
             )
         dim = len(blob) // 4
+        if settings.vector_store == "milvus":
+            from app.services.stores import rebuild_milvus
+
+            store = rebuild_milvus(settings, sessions, dim, fingerprint, on_progress, int(count or 0))
+            with sessions.begin() as session:
+                record_change(session, INDEX_REBUILD)
+            return BuildReport(
+                spec_for("hnsw", int(count or 0), dim),
+                int(count or 0),
+                time.perf_counter() - started,
+                Path(settings.milvus_collection),
+                None,
+                store=f"{store.describe()}, collection {settings.milvus_collection!r}",
+            )
         previous = _previous_type(settings.index_path)
         index = build_from_rows(
             sessions,
@@ -190,6 +210,8 @@ def rebuild_index(
         )
         with index_file_lock(settings.index_path):
             index.save(settings.index_path)
+        with sessions.begin() as session:
+            record_change(session, INDEX_REBUILD)
     finally:
         engine.dispose()
     return BuildReport(

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
+from app.db.changes import ENCODER_SWITCH, record_change
 from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image, StagedVector
 from app.encoders import encoder_from_settings
@@ -194,6 +195,7 @@ def _swap(sessions: sessionmaker[Session], target: str, spec: dict[str, object])
             execution_options={"synchronize_session": False},
         )
         record_active(session, target, dict(spec))
+        record_change(session, ENCODER_SWITCH)
         session.execute(delete(StagedVector).where(StagedVector.encoder == target))
     return True
 

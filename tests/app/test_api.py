@@ -8,12 +8,21 @@ import struct
 import zlib
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from index import available_stores
 from tests.helpers.images import image_bytes
+from tests.helpers.settings import tiny_settings
+
+
+@pytest.fixture(params=available_stores())
+def settings(tmp_path: Path, database_url: str | None, request: pytest.FixtureRequest) -> Settings:
+    """The API over every registered vector store: FAISS, and Milvus (Milvus Lite in the test's folder)."""
+    return tiny_settings(tmp_path, database_url).model_copy(update={"vector_store": request.param})
 
 
 def upload(client: TestClient, data: bytes, name: str = "a.jpg", **form: str):  # type: ignore[no-untyped-def]
@@ -223,3 +232,19 @@ def test_an_upload_without_a_file_part_says_how_to_send_one(client: TestClient) 
             body = response.json()
             assert body["error"] == "invalid_request" and "multipart/form-data" in body["detail"], body
     assert "multipart" not in client.post("/search", files={"file": ("q.jpg", b"x")}, data={"k": "0"}).text
+
+
+def test_a_deleted_id_is_never_handed_out_again_nor_its_cached_file(client: TestClient) -> None:
+    """Before AUTOINCREMENT, SQLite gave the next upload the deleted largest id, and a browser's cached copy
+    of the deleted picture (or another process's index entry) stood for the new one."""
+    first = upload(client, image_bytes(31)).json()
+    old_file = client.get(first["image"]["url"])
+    assert client.delete(f"/images/{first['id']}").status_code == 200
+    second = upload(client, image_bytes(32)).json()
+    assert second["id"] > first["id"]
+    assert client.get(f"/images/{first['id']}").status_code == 404
+    new_file = client.get(second["image"]["url"])
+    assert new_file.headers["etag"] == f'"{second["image"]["sha256"]}"'
+    assert old_file.headers["etag"] != new_file.headers["etag"]
+    stale = client.get(second["image"]["url"], headers={"If-None-Match": old_file.headers["etag"]})
+    assert stale.status_code == 200 and stale.content == image_bytes(32)

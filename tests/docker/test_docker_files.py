@@ -31,8 +31,9 @@ def setting_names() -> set[str]:
 def test_compose_services_share_the_named_volume_and_set_only_real_settings() -> None:
     spec = compose()
     services = spec["services"]
-    assert set(spec["volumes"]) == {"cbir-data"}
-    for name, service in services.items():
+    assert set(spec["volumes"]) == {"cbir-data", "postgres-data", "etcd-data", "minio-data", "milvus-data"}
+    cbir_services = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("cbir:")}
+    for name, service in cbir_services.items():
         assert "cbir-data:/data" in service["volumes"], name
         unknown = {key for key in service["environment"] if key.startswith("CBIR_")} - setting_names()
         assert not unknown, (name, unknown)
@@ -43,6 +44,26 @@ def test_compose_services_share_the_named_volume_and_set_only_real_settings() ->
     assert index["command"] == ["index", "/import"]
     assert index["restart"] == "no"
     assert services["cbir-gpu"]["profiles"] == ["gpu"]
+
+
+def test_the_scale_profile_shares_postgres_milvus_and_the_files_behind_nginx() -> None:
+    services = compose()["services"]
+    scale = {name for name, s in services.items() if s.get("profiles") == ["scale"]}
+    assert {"postgres", "etcd", "minio", "milvus", "replica", "nginx", "index-ray"} <= scale
+    replica = services["replica"]
+    assert replica["deploy"]["replicas"] >= 2
+    for name in ("replica", "index-ray"):
+        env = services[name]["environment"]
+        assert env["CBIR_VECTOR_STORE"] == "milvus"
+        assert env["CBIR_MILVUS_URI"] == "http://milvus:19530"
+        assert env["CBIR_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "--ray" in services["index-ray"]["command"]
+    assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    nginx = (DOCKER / "nginx.conf").read_text()
+    assert (
+        "server replica:8000" in nginx
+        and "./nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
+    )
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)

@@ -125,3 +125,24 @@ def test_deleted_images_an_hnsw_index_still_holds_are_counted_until_index_build(
     reopened = open_collection(hnsw)
     assert reopened.stats()["removed_entries"] == 0 and reopened.stats()["indexed"] == 17
     reopened.close()
+
+
+def test_index_build_rebuilds_the_milvus_store_from_the_database(settings: Settings) -> None:
+    settings = settings.model_copy(update={"vector_store": "milvus"})
+    collection = open_collection(settings)
+    ids = fill(collection, 60)
+    before = top_ids(collection, collection.index.reconstruct_batch(ids[:5]))
+    collection.index.remove(ids[:30])  # the store lost half of its vectors (a wiped Milvus volume, say)
+    collection.close()
+
+    report = rebuild_index(settings)
+
+    assert report.count == 60 and "Milvus HNSW" in report.description
+    reopened = open_collection(settings)
+    assert np.array_equal(reopened.index.ids(), ids)
+    assert top_ids(reopened, reopened.index.reconstruct_batch(ids[:5])) == before
+    with reopened.sessions() as session:
+        from app.db.changes import INDEX_REBUILD, changes_after
+
+        assert [entry.op for entry in changes_after(session, 0)][-1] == INDEX_REBUILD
+    reopened.close()
