@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, Row, func, insert, select
+from sqlalchemy import ColumnElement, Engine, Row, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -546,16 +546,25 @@ class Collection:
         return added
 
     def delete(self, image_id: int) -> Image:
+        deleted = self.delete_where(Image.id == image_id)
+        if not deleted:
+            raise NotFoundError(f"no image with id {image_id}")
+        return deleted[0]
+
+    def delete_where(self, condition: ColumnElement[bool]) -> list[Image]:
+        """Delete every image matching ``condition`` in one transaction; the index and files follow."""
         with self._write_lock:
             with self.sessions.begin() as session:
-                row = session.get(Image, image_id)
-                if row is None:
-                    raise NotFoundError(f"no image with id {image_id}")
-                session.delete(row)
-            self.index.remove([image_id])
-        self.save_index()
-        self.files.delete(row.sha256, row.format)
-        return row
+                rows = list(session.scalars(select(Image).where(condition)))
+                for row in rows:
+                    session.delete(row)
+            if rows:
+                self.index.remove([row.id for row in rows])
+        if rows:
+            self.save_index()
+        for row in rows:
+            self.files.delete(row.sha256, row.format)
+        return rows
 
     def save_index(self, *, new_build: bool = False) -> None:
         """Save the index file, unless it now holds another build of the index (``new_build``: this index
@@ -601,10 +610,14 @@ class Collection:
         rerank: RerankOptions | None = None,
         index: VectorIndex | None = None,
         params: SearchParams | None = None,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exclude: Sequence[int | None] | None = None,
     ) -> list[list[Hit]]:
         """Top k per query through the one ranking function that `cbir evaluate` measures too.
 
-        ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile).
+        ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile);
+        ``allowed_ids`` restricts the search to a filter's matches, ``exclude`` leaves one id out per query.
         """
         self.catch_up()
         index = index or self.index
@@ -615,6 +628,8 @@ class Collection:
             rerank or self.rerank,
             cache=self._neighbours,
             params=params or self.search_params,
+            allowed_ids=allowed_ids,
+            exclude=exclude,
         )
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self.sessions() as session:
@@ -632,6 +647,7 @@ class Collection:
         rerank: RerankOptions | None = None,
         box: Box | None = None,
         params: SearchParams | None = None,
+        allowed_ids: np.ndarray | None = None,
     ) -> list[Hit]:
         """Without explicit options, the service's re-ranking; a region (box) query ranks plainly, because
         query expansion and DBA pull towards pictures like the whole neighbourhood, while a region query
@@ -645,7 +661,9 @@ class Collection:
             encoder, index = self.encoder, self.index
             vector = self.embed_query(data, box, encoder)
             if index.fingerprint == encoder.fingerprint:
-                return self.search_vectors(vector[None, :], k, rerank, index, params)[0]
+                return self.search_vectors(
+                    vector[None, :], k, rerank, index, params, allowed_ids=allowed_ids
+                )[0]
         raise ServiceBusyError("the collection is switching to another encoder: retry in a moment")
 
     def count(self) -> int:
