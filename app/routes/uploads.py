@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 
 from app.errors import InvalidImageError, InvalidMetadataError, PayloadTooLargeError
 
