@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.backbones import DEFAULT_BACKBONE
+# models.backbones.DEFAULT_BACKBONE, written out: importing models loads torch (2 s), and `cbir --help` and
+# the commands that need no model must not pay for it (tests/app/test_cli_startup.py checks both).
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
 class Settings(BaseSettings):

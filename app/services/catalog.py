@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import Image
-from app.errors import InvalidMetadataError
-from app.services.collection import Collection
+from app.errors import InvalidMetadataError, NotFoundError
 from app.services.filters import where
 
 Order = Literal["asc", "desc"]
+
+
+class Rows(Protocol):
+    """What these functions need of a collection: its database (a Collection, or the CLI's rows alone,
+    which need no model)."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+
+@dataclass
+class RowStore:
+    engine: Engine
+    sessions: sessionmaker[Session]
 
 
 @dataclass(frozen=True)
@@ -29,14 +43,12 @@ class Page:
     total: int
 
 
-def condition(
-    collection: Collection, spec: dict[str, Any] | None, path_prefix: str | None
-) -> ColumnElement[bool]:
+def condition(collection: Rows, spec: dict[str, Any] | None, path_prefix: str | None) -> ColumnElement[bool]:
     return where(spec, path_prefix, collection.engine.dialect.name)
 
 
 def list_page(
-    collection: Collection,
+    collection: Rows,
     *,
     limit: int,
     after: int | None = None,
@@ -58,7 +70,7 @@ def list_page(
     return Page(rows, str(rows[-1].id) if more and rows else None, total)
 
 
-def matching_ids(collection: Collection, spec: dict[str, Any] | None, path_prefix: str | None) -> np.ndarray:
+def matching_ids(collection: Rows, spec: dict[str, Any] | None, path_prefix: str | None) -> np.ndarray:
     """The ids of every image matching the filter (what a filtered vector search keeps to)."""
     query = select(Image.id).where(condition(collection, spec, path_prefix)).order_by(Image.id)
     with collection.sessions() as session:
@@ -81,20 +93,24 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def patch_metadata(
-    collection: Collection, image_id: int, patch: dict[str, Any], *, replace: bool = False
-) -> Image:
+def patch_metadata(collection: Rows, image_id: int, patch: dict[str, Any], *, replace: bool = False) -> Image:
     """Apply a merge patch (or, with ``replace``, set) the image's metadata, in one transaction."""
     if not isinstance(patch, dict):
         raise InvalidMetadataError(f"metadata must be a JSON object, got {type(patch).__name__}")
     with collection.sessions.begin() as session:
         row = session.get(Image, image_id, with_for_update=True)
         if row is None:
-            from app.errors import NotFoundError
-
             raise NotFoundError(f"no image with id {image_id}")
         merged = merge_patch({}, patch) if replace else merge_patch(row.meta or {}, patch)
         row.meta = merged  # a new object: SQLAlchemy sees the change
         session.flush()
         session.expunge(row)
+    return row
+
+
+def get_row(collection: Rows, image_id: int) -> Image:
+    with collection.sessions() as session:
+        row = session.get(Image, image_id)
+    if row is None:
+        raise NotFoundError(f"no image with id {image_id}")
     return row

@@ -23,13 +23,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
-from app.db.session import make_engine, make_session_factory, sqlite_file
+from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
 from app.services.decoding import Prepared, Storable, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate, ServiceBusyError
 from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
+from app.services.presence import require_collection
 from app.services.queries import Box
 from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank
 from app.services.versions import (
@@ -42,6 +43,8 @@ from app.services.versions import (
 from app.storage import FileStore
 from index import AUTO, IndexFileError, IndexMismatchError, SearchParams, VectorIndex, VectorIndexError
 from models import Encoder, ImageEncoder
+
+__all__ = ["Added", "Collection", "Hit", "require_collection"]
 
 log = logging.getLogger("cbir.collection")
 
@@ -695,18 +698,6 @@ class Collection:
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
             "removed_entries": self.index.tombstones,
         }
-
-
-def require_collection(settings: Settings) -> None:
-    """Commands that only read must not create an empty collection where a mistyped --data-dir points."""
-    path = sqlite_file(settings.db_url)
-    if path is None:
-        return  # a server database: opening it creates nothing on disk
-    if not path.is_file():
-        raise NotFoundError(
-            f"there is no collection at {settings.data_dir}: {path} does not exist; check --data-dir "
-            "/ CBIR_DATA_DIR (or add images first with `cbir index`)"
-        )
 
 
 def _check_rows_encoder(engine: Engine, fingerprint: str) -> None:
