@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -33,16 +34,15 @@ from rich.text import Text
 
 from app.config import Settings
 from app.errors import CbirError
-from app.services import bulk
-from app.services.collection import Collection, require_collection
-from app.services.evaluation import evaluate_folder
 from app.services.keys import Role, create_key, list_keys, revoke_key
 from app.services.queries import parse_box
-from app.services.reranking import options_from_settings
 from index import VectorIndexError
 from index.factory import MIN_TRAIN_VECTORS
-from models import EncoderConfigError, ImageEncoder
-from models.training import EpochReport
+
+if TYPE_CHECKING:  # models (torch) is imported by the commands that need it, not by `cbir --help`
+    from app.services.collection import Collection
+    from models import ImageEncoder
+    from models.training import EpochReport
 
 app = typer.Typer(
     help="Content-based image retrieval: index a collection and find similar images.",
@@ -89,6 +89,7 @@ QueryExpansion = Annotated[
     int | None,
     typer.Option("--qe", help="Query expansion: neighbours averaged into the query, 0 = off [10].", min=0),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line) for scripts.")]
 DatabaseAugmentation = Annotated[
     int | None,
     typer.Option("--dba", help="Database augmentation: neighbours averaged per hit, 0 = off [10].", min=0),
@@ -121,16 +122,26 @@ def invalid_settings_message(exc: ValidationError, from_flags: set[str]) -> str:
     return "; ".join(problems) or str(exc)
 
 
+def _explained(exc: BaseException) -> bool:
+    """Errors whose message says what to do; models' is checked only if models was loaded (torch)."""
+    models = sys.modules.get("models.errors")
+    return isinstance(exc, CbirError | VectorIndexError) or (
+        models is not None and isinstance(exc, models.EncoderConfigError)
+    )
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
     try:
         yield
-    except (CbirError, EncoderConfigError, VectorIndexError) as exc:
-        err_console.print(f"[bold red]error:[/] {getattr(exc, 'detail', None) or exc}")
-        raise typer.Exit(1) from exc
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+    except Exception as exc:
+        if _explained(exc):
+            err_console.print(f"[bold red]error:[/] {getattr(exc, 'detail', None) or exc}")
+            raise typer.Exit(1) from exc
+        if isinstance(exc, FileNotFoundError | NotADirectoryError | ValueError):
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+        raise
 
 
 class RateColumn(ProgressColumn):
@@ -160,6 +171,18 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int, int], 
             progress.update(task, completed=done, images=images)
 
         yield update
+
+
+@contextmanager
+def index_progress(description: str, total: int, every: float) -> Iterator[Callable[[int, int], None]]:
+    """A bar at a terminal; elsewhere (docker logs, cron, a pipe) a line every ``every`` seconds."""
+    if err_console.is_terminal:
+        with progress_bar(description, total) as update:
+            yield update
+        return
+    from app.progress_log import ProgressLines
+
+    yield ProgressLines(description, total, sys.stderr, every)
 
 
 @dataclass
@@ -218,6 +241,7 @@ def how_it_ended(stop_reason: str, epochs_run: int) -> str:
 def open_collection(settings: Settings, *, existing: bool = False) -> Collection:
     """``existing``: refuse (rather than create) a collection that is not there, for the reading commands."""
     from app.encoders import encoder_from_settings
+    from app.services.collection import Collection, require_collection
 
     if existing:
         require_collection(settings)
@@ -247,6 +271,7 @@ def serve(
 
     with friendly_errors():
         settings = make_settings(locals())
+        check_port_free(settings.host, settings.port)  # before minutes of loading, not after
         configure_logging(settings.log_level, settings.log_format)
         _share_cores(settings)
         collection = open_collection(settings)
@@ -261,6 +286,31 @@ def serve(
         )
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port that another process listens on (uvicorn would say so after loading)."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {host!r}: {exc.strerror} (check --host / CBIR_HOST)") from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"port {port} on {host} is already in use (another `cbir serve`?): stop it, or choose "
+                    "another port with --port / CBIR_PORT"
+                ) from exc
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
 def _share_cores(settings: Settings) -> None:
     """Each inference worker gets its share of the cores: torch's default (every core for one forward pass)
     makes parallel passes fight over the same cores, and the busiest pass waits for the slowest thread."""
@@ -272,11 +322,13 @@ def _share_cores(settings: Settings) -> None:
 
 @app.command("index")
 def index_cmd(
-    source: Annotated[
-        str,
+    sources: Annotated[
+        list[str],
         typer.Argument(
-            help="A folder (walked recursively), a glob pattern ('photos/**/*.jpg', quoted), or a manifest: "
-            "CSV or JSON Lines (.csv, .jsonl) with a path column; its other columns become metadata."
+            help="Folders (walked recursively), glob patterns ('photos/**/*.jpg', quoted, or expanded by the "
+            "shell), files, or manifests: CSV or JSON Lines (.csv, .jsonl) with a path column; its other "
+            "columns become metadata. Several may be given.",
+            show_default=False,
         ),
     ],
     copy: Annotated[
@@ -314,15 +366,29 @@ def index_cmd(
     device: Device = None,
     workers: Workers = None,
     commit_every: Annotated[int | None, typer.Option(help="Save the index every N images.")] = None,
+    progress_every: Annotated[
+        float, typer.Option(help="Away from a terminal: seconds between progress lines.", min=0)
+    ] = 10.0,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with status 3 when files were skipped (for scripts).")
+    ] = False,
 ) -> None:
-    """Add every image of SOURCE to the collection; skips (and counts) duplicates and non-images."""
-    from app.services.sources import resolve_source
+    """Add every image of the SOURCES to the collection; skips (and counts) duplicates and non-images.
 
-    with friendly_errors():
+    SIGTERM or Ctrl-C: the batch in flight is committed, the summary printed, and the exit status is 130."""
+    from app.progress_log import stop_on_signals
+    from app.services import bulk
+    from app.services.sources import Listing, resolve_source
+
+    with friendly_errors(), stop_on_signals() as stop:
         settings = make_settings(locals())
-        listing = resolve_source(source, path_column=path_column)
+        listing = Listing([])
+        for source in sources:
+            part = resolve_source(source, path_column=path_column)
+            listing.items.extend(part.items)
+            listing.skipped.extend(part.skipped)
         collection = open_collection(settings)
-        with progress_bar("indexing", len(listing.items)) as update:
+        with index_progress("indexing", len(listing.items), progress_every) as update:
             if ray_address is not None:
                 from app.services.distributed import index_with_ray
 
@@ -337,7 +403,12 @@ def index_cmd(
                 )
             else:
                 report = bulk.index_files(
-                    collection, listing.items, copy_files=copy, on_progress=update, skipped=listing.skipped
+                    collection,
+                    listing.items,
+                    copy_files=copy,
+                    on_progress=update,
+                    skipped=listing.skipped,
+                    stop=stop,
                 )
         collection.close()
         console.print(
@@ -349,6 +420,11 @@ def index_cmd(
             console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False)
         if len(report.skipped) > 20:
             console.print(f"  … and {len(report.skipped) - 20} more")
+        if report.stopped:
+            err_console.print("stopped by a signal after committing the batch in flight: run again to go on")
+            raise typer.Exit(130)
+        if strict and report.skipped:
+            raise typer.Exit(3)
 
 
 @app.command()
@@ -381,39 +457,111 @@ def search(
     scales: Scales = None,
     fitted: Fitted = None,
     device: Device = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option("--filter", help='Only images matching a JSON filter, e.g. \'{"sku": "A-17"}\'.'),
+    ] = None,
+    path_prefix: Annotated[str | None, typer.Option(help="Only images whose path starts with this.")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CBIR_SERVER", help="Ask a running service (its URL) instead of loading the model here."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="CBIR_API_KEY", help="--server: the API key to send, if it needs one."),
+    ] = None,
 ) -> None:
     """Find the K images of the collection most similar to IMAGE."""
     with friendly_errors():
         settings = make_settings(locals())
-        region = parse_box(box) if box is not None else None
-        collection = open_collection(settings, existing=True)
-        asked = query_expansion is not None or database_augmentation is not None
-        hits = collection.search_image(image.read_bytes(), k, collection.rerank if asked else None, region)
-        collection.close()
+        from app.services.filters import parse_filter
+
+        spec = parse_filter(filter_, "--filter")
+        if server:
+            fields = {"k": k, "box": box, "filter": filter_, "path_prefix": path_prefix}
+            fields |= {"query_expansion": query_expansion, "database_augmentation": database_augmentation}
+            fields |= {"nprobe": nprobe, "ef_search": ef_search}
+            rows = search_remote(server, api_key, image, {n: v for n, v in fields.items() if v is not None})
+        else:
+            rows = _search_here(
+                settings, image, k, box, spec, path_prefix, query_expansion, database_augmentation
+            )
         if as_json:
-            rows = [
-                {
-                    "id": h.image.id,
-                    "score": round(h.score, 6),
-                    "original_name": h.image.original_name,
-                    "metadata": h.image.meta,
-                }
-                for h in hits
-            ]
             console.print_json(json.dumps(rows))
             return
-        table = Table(title=f"{len(hits)} most similar to {image.name}")
-        for column in ("rank", "id", "score", "name", "metadata"):
+        table = Table(title=f"{len(rows)} most similar to {image.name}")
+        for column in ("rank", "id", "score", "path", "metadata"):
             table.add_column(column, justify="right" if column in ("rank", "id", "score") else "left")
-        for rank, hit in enumerate(hits, 1):
+        for rank, row in enumerate(rows, 1):
             table.add_row(
-                str(rank),
-                str(hit.image.id),
-                f"{hit.score:.4f}",
-                hit.image.original_name,
-                json.dumps(hit.image.meta),
+                str(rank), str(row["id"]), f"{row['score']:.4f}", row["path"], json.dumps(row["metadata"])
             )
         console.print(table)
+
+
+def _search_here(
+    settings: Settings,
+    image: Path,
+    k: int,
+    box: str | None,
+    spec: dict[str, Any] | None,
+    path_prefix: str | None,
+    query_expansion: int | None,
+    database_augmentation: int | None,
+) -> list[dict[str, Any]]:
+    from app.services.catalog import matching_ids
+
+    region = parse_box(box) if box is not None else None
+    collection = open_collection(settings, existing=True)
+    try:
+        allowed = matching_ids(collection, spec, path_prefix) if spec or path_prefix else None
+        asked = query_expansion is not None or database_augmentation is not None
+        rerank = collection.rerank if asked else None
+        if allowed is not None and not len(allowed):
+            return []
+        hits = collection.search_image(image.read_bytes(), k, rerank, region, allowed_ids=allowed)
+    finally:
+        collection.close()
+    return [
+        {
+            "id": h.image.id,
+            "score": round(h.score, 6),
+            "original_name": h.image.original_name,
+            "path": h.image.original_name,
+            "metadata": h.image.meta,
+        }
+        for h in hits
+    ]
+
+
+def search_remote(
+    server: str, api_key: str | None, image: Path, fields: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """POST /search on a running service: no model is loaded here (nor torch imported)."""
+    import urllib3
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body: dict[str, Any] = {name: str(value) for name, value in fields.items()}
+    body["file"] = (image.name, image.read_bytes())
+    url = server.rstrip("/") + "/search"
+    try:
+        response = urllib3.request("POST", url, fields=body, headers=headers, timeout=60.0, retries=False)
+    except urllib3.exceptions.HTTPError as exc:
+        raise ValueError(f"cannot reach the service at {server} (--server / CBIR_SERVER): {exc}") from exc
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status != 200:
+        raise ValueError(
+            f"the service answered {response.status}: {answer.get('detail') or response.data[:200]!r}"
+        )
+    return [
+        {key: hit[key] for key in ("id", "score", "original_name", "path", "metadata")}
+        for hit in answer["results"]
+    ]
 
 
 @app.command()
@@ -428,6 +576,7 @@ def stats(
     scales: Scales = None,
     fitted: Fitted = None,
     device: Device = None,
+    as_json: AsJson = False,
 ) -> None:
     """Size, dimension, encoder and index type of the collection."""
     with friendly_errors():
@@ -435,6 +584,9 @@ def stats(
         collection = open_collection(settings, existing=True)
         figures = collection.stats()
         collection.close()
+        if as_json:
+            print(json.dumps(figures))
+            return
         table = Table(show_header=False)
         for key, value in figures.items():
             table.add_row(key, str(value))
@@ -481,6 +633,9 @@ def evaluate(
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is not a directory")
         from app.encoders import encoder_from_settings
+        from app.services import bulk
+        from app.services.evaluation import evaluate_folder
+        from app.services.reranking import options_from_settings
 
         model = encoder_from_settings(settings)
         total = sum(1 for _ in bulk.list_files(directory))
@@ -512,6 +667,7 @@ def _evaluate_instances(
     settings: Settings, model: ImageEncoder, directory: Path, ground_truth: Path, total: int
 ) -> None:
     from app.services.ground_truth import evaluate_ground_truth
+    from app.services.reranking import options_from_settings
 
     with progress_bar("embedding", total) as update:
         report = evaluate_ground_truth(
@@ -572,6 +728,7 @@ def fit(
 ) -> None:
     """Learn the encoder's parameters from images, without labels: NetVLAD centroids (k-means) and/or a
     PCA-whitening projection. Writes a file to give as --fitted / CBIR_FITTED."""
+    from app.services import bulk
     from app.services.fit import FitOptions, fit_encoder, stored_image_paths
 
     with friendly_errors():
@@ -659,6 +816,7 @@ def finetune(
     """Fine-tune the encoder's head (NetVLAD after `cbir fit`, or GeM) contrastively on your pictures:
     two views of a picture are positives (or, with --classes, pictures of one folder). Writes a file to give
     as --fitted / CBIR_FITTED."""
+    from app.services import bulk
     from app.services.finetune import FinetuneOptions, finetune_encoder
     from app.services.fit import stored_image_paths
     from models.training.contrastive import ContrastiveConfig
@@ -957,6 +1115,7 @@ app.add_typer(keys_app, name="keys")
 def _key_sessions(data_dir: Path | None, database_url: str | None, *, creating: bool = False) -> Any:
     from app.db import migrate
     from app.db.session import make_engine, make_session_factory
+    from app.services.presence import require_collection
 
     settings = make_settings(locals())
     if not creating:
@@ -986,9 +1145,14 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     """Keys with their role and state (never the secret)."""
     with friendly_errors():
+        if as_json:
+            for row in list_keys(_key_sessions(data_dir, database_url)):
+                fields = ("id", "name", "role", "prefix", "created_at", "revoked_at")
+                print(json.dumps({name: getattr(row, name) for name in fields}, default=str))
+            return
         table = Table()
         for column in ("id", "name", "role", "prefix", "created", "revoked"):
             table.add_column(column)
@@ -1046,6 +1210,7 @@ def train_autoencoder_cmd(
     workers: Workers = None,
 ) -> None:
     """Train a denoising autoencoder on the pictures under DIRECTORY; serve it with --encoder dae:OUT."""
+    from app.services import bulk
     from app.services.training import load_pictures, train_from_folder
     from models.autoencoder import AutoencoderConfig
     from models.training import NoiseConfig, TrainConfig
@@ -1129,6 +1294,11 @@ def denoise(
         )
         out.write_bytes(png)
         console.print(f"wrote {out} ({model.config.input_size} px, {model.fingerprint})", highlight=False)
+
+
+from app.cli_images import images_app  # noqa: E402 (it uses the options above)
+
+app.add_typer(images_app, name="images")
 
 
 def main() -> None:

@@ -7,12 +7,14 @@ inside ``create_app``/the CLI, never at import time, so tests can point a whole 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.backbones import DEFAULT_BACKBONE
+# models.backbones.DEFAULT_BACKBONE, written out: importing models loads torch (2 s), and `cbir --help` and
+# the commands that need no model must not pay for it (tests/app/test_cli_startup.py checks both).
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
 class Settings(BaseSettings):
@@ -159,6 +161,24 @@ class Settings(BaseSettings):
     @property
     def milvus_target(self) -> str:
         return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())
+
+    # -- Search by image URL (POST /search {"url": ...}): off until hosts are listed -------------------------
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts whose images a search may fetch by URL, comma-separated (.example.com: its "
+        "subdomains too); empty: search by URL is off. Loopback, private and link-local addresses are "
+        "refused whatever the host resolves to.",
+    )
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Longest time a search spends fetching an image by URL."
+    )
+
+    @field_validator("fetch_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import error_response, install_error_handlers
 from app.head_requests import HeadAsGet
-from app.routes import denoise, docs, duplicates, health, images, pages, search, thumbnails
+from app.routes import catalog, denoise, docs, duplicates, health, images, pages, search, thumbnails
 from app.services.collection import Collection
 from app.services.keys import any_active
 
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
 
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
                 return error_response(collection.gate.busy())
         return await call_next(request)
 
+    app.include_router(catalog.router)
     app.include_router(images.router)
     app.include_router(duplicates.router)
     app.include_router(search.router)

@@ -14,6 +14,16 @@ def image_url(image_id: int) -> str:
     return f"/images/{image_id}/file"
 
 
+def thumbnail_url(image: Image) -> str:
+    """Changes with the content (``v``: a prefix of its SHA-256), so no cache can show another image."""
+    return f"/images/{image.id}/thumbnail?v={image.sha256[:12]}"
+
+
+PATH_DESCRIPTION = (
+    "Where the image came from, as indexed: relative to the indexed folder, or the upload's name."
+)
+
+
 class ImageOut(BaseModel):
     id: int
     sha256: str
@@ -26,6 +36,8 @@ class ImageOut(BaseModel):
     metadata: dict[str, Any]
     encoder: str
     url: str
+    path: str = Field(description=PATH_DESCRIPTION)
+    thumbnail_url: str
 
     @classmethod
     def from_row(cls, row: Image) -> ImageOut:
@@ -41,6 +53,8 @@ class ImageOut(BaseModel):
             metadata=row.meta or {},
             encoder=row.encoder,
             url=image_url(row.id),
+            path=row.original_name,
+            thumbnail_url=thumbnail_url(row),
         )
 
 
@@ -48,14 +62,21 @@ class UploadOut(BaseModel):
     id: int
     duplicate: bool = Field(description="True when identical content was already stored; id is that image's.")
     image: ImageOut
+    metadata_applied: bool | None = Field(
+        default=None,
+        description="For a duplicate sent with metadata: whether it was applied (see on_duplicate).",
+    )
+    hint: str | None = None
 
 
 class SearchHit(BaseModel):
     id: int
     score: float = Field(description="Cosine similarity of the descriptors, in [-1, 1]; higher is closer.")
     original_name: str
+    path: str = Field(description=PATH_DESCRIPTION)
     metadata: dict[str, Any]
     url: str
+    thumbnail_url: str
 
     @classmethod
     def from_hit(cls, image: Image, score: float) -> SearchHit:
@@ -63,8 +84,10 @@ class SearchHit(BaseModel):
             id=image.id,
             score=score,
             original_name=image.original_name,
+            path=image.original_name,
             metadata=image.meta or {},
             url=image_url(image.id),
+            thumbnail_url=thumbnail_url(image),
         )
 
 

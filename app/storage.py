@@ -18,7 +18,15 @@ from pathlib import Path
 
 PENDING_PREFIX = ".pending-"
 
-EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif"}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "AVIF": "avif",
+    "HEIF": "heic",
+}
 EXTENSIONS |= {"BMP": "bmp", "TIFF": "tif", "PPM": "ppm"}
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -27,6 +35,7 @@ MEDIA_TYPES = {
     "GIF": "image/gif",
     "WEBP": "image/webp",
     "AVIF": "image/avif",
+    "HEIF": "image/heic",  # iPhones' HEIC photos (pillow-heif)
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
     "PPM": "image/x-portable-pixmap",

@@ -191,7 +191,7 @@ def measure(
         settings = [(f"efSearch={e}", SearchParams(ef_search=e)) for e in SWEEPS[kind]]
     for label, params in settings:
         index.search_threads = None  # all cores for the batched recall measurement
-        _, found = index.search(queries, K, params)
+        _, found = index.search(queries, K, params=params)
         recall = recall_at_k(found, truth)
         index.search_threads = threads
         timed = queries[:flat_queries] if kind == "flat" else queries

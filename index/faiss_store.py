@@ -29,26 +29,9 @@ class FaissStore(VectorIndex):
         *,
         allowed_ids: np.ndarray | None = None,
     ) -> tuple[Float32Array, Int64Array]:
-        if allowed_ids is None:
-            return super().search(queries, k, params)
-        return _search_among(self, np.asarray(queries, np.float32), k, allowed_ids)
-
-
-def _search_among(
-    store: VectorIndex, queries: np.ndarray, k: int, allowed_ids: np.ndarray
-) -> tuple[Float32Array, Int64Array]:
-    """Exact top-k among the allowed ids that are stored: scores the allowed vectors directly, which is
-    exact for every index type and costs |allowed| x dim per query (a FAISS IDSelector inside the index's
-    own search replaces it for large allowed sets)."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    q = queries.reshape(1, -1) if queries.ndim == 1 else queries
-    stored = np.array([i for i in np.unique(np.asarray(allowed_ids, np.int64)).tolist() if i in store])
-    if len(stored) == 0:
-        return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
-    scores = q @ store.reconstruct_batch(stored).T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, : min(int(k), len(stored))]
-    return np.take_along_axis(scores, top, axis=1).astype(np.float32), stored[top].astype(np.int64)
+        # VectorIndex restricts the search itself to the allowed ids (a FAISS IDSelector), so k results
+        # come back whenever k allowed images are stored.
+        return super().search(queries, k, allowed_ids=allowed_ids, params=params)
 
 
 @register_store("faiss")

@@ -278,8 +278,11 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ queries
 
-    def _faiss_params(self, params: SearchParams | None) -> Any:
-        """FAISS search parameters for this type (None for flat without tombstones)."""
+    def _faiss_params(self, params: SearchParams | None, selector: Any = None) -> Any:
+        """FAISS search parameters for this type (None for flat without tombstones nor selector).
+
+        ``selector``: a FAISS IDSelector the search keeps to (IndexIDMap2 translates it to its positions).
+        """
         params = params or SearchParams()
         if self.spec.is_ivf:
             nprobe = params.nprobe or self.spec.nprobe
@@ -288,23 +291,38 @@ class VectorIndex:
                 # The cells come from a graph walk over the centroids: its candidate list must be well beyond
                 # nprobe or cells are missed. (Adds keep FAISS's short default: one cell per vector.)
                 out.quantizer_params = _faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
-            return out
-        if self.spec.type == "hnsw":
+        elif self.spec.type == "hnsw":
             out = _faiss.SearchParametersHNSW(efSearch=params.ef_search or self.spec.ef_search)
-            if self._tombstones:
+            if self._tombstones and selector is None:
                 # Only non-negative ids are members: the tombstones (-1) are skipped during the graph walk.
                 out.sel = faiss.IDSelectorRange(0, _INT64_MAX)
-            return out
-        return None
+        elif selector is not None:
+            out = _faiss.SearchParameters()
+        else:
+            return None
+        if selector is not None:
+            out.sel = selector  # a batch of real ids never holds a tombstone's -1
+        return out
 
     def search(
-        self, queries: np.ndarray, k: int, params: SearchParams | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | Sequence[int] | None = None,
+        params: SearchParams | None = None,
     ) -> tuple[Float32Array, Int64Array]:
         """Top-k by inner product (cosine similarity for the L2-normalised vectors the encoders produce).
 
         k is clipped to ntotal so that a small collection returns what it has instead of FAISS's padding of
         id -1; an empty index returns (Q, 0) arrays for the same reason. An approximate index may still pad
         a row with -1 (score -inf) when the cells or graph nodes it visits hold fewer than k vectors.
+
+        ``allowed_ids``: search among these ids only (a metadata filter's matches), inside the search
+        itself (a FAISS IDSelectorBatch), so k results come back whenever k allowed ids are stored, rather
+        than "top k, then drop". Ids not stored are ignored. An approximate index walks only part of the
+        collection and may find fewer than k allowed vectors there (an IVF's nprobe cells, an HNSW graph
+        walk that meets few allowed nodes): then the allowed vectors are scored exactly instead, a chunk at
+        a time, which is what a selective filter needs anyway (few vectors to score).
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
@@ -312,15 +330,55 @@ class VectorIndex:
         if q.ndim == 1:
             q = q.reshape(1, -1)
         q = _as_matrix(q, self.dim, "queries", n=None, original=queries)
+        allowed = None if allowed_ids is None else np.unique(_as_id_array(allowed_ids, "allowed_ids"))
         with self._lock, _omp_threads(self.search_threads):
             ntotal = len(self._id_set)
             if ntotal == 0:
                 return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
-            faiss_params = self._faiss_params(params)
-            scores, found = self._index.search(q, min(int(k), ntotal), params=faiss_params)
+            width = min(int(k), ntotal)
+            if allowed is None:
+                scores, found = self._index.search(q, width, params=self._faiss_params(params))
+            else:
+                allowed = np.asarray([i for i in allowed.tolist() if i in self._id_set], dtype=np.int64)
+                scores, found = self._search_allowed(q, width, allowed, params)
         scores = np.asarray(scores, dtype=np.float32)
         found = np.asarray(found, dtype=np.int64)
         scores[found < 0] = -np.inf
+        return scores, found
+
+    def _search_allowed(
+        self, q: Float32Array, width: int, allowed: Int64Array, params: SearchParams | None
+    ) -> tuple[Float32Array, Int64Array]:
+        """Search restricted to ``allowed`` (stored ids only); the caller holds the lock."""
+        scores = np.full((len(q), width), -np.inf, np.float32)
+        found = np.full((len(q), width), -1, np.int64)
+        if not len(allowed):
+            return scores, found
+        selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+        got_scores, got = self._index.search(q, width, params=self._faiss_params(params, selector))
+        scores[:], found[:] = got_scores, got
+        expected = min(width, len(allowed))
+        if self.spec.type != "flat" and ((found >= 0).sum(axis=1) < expected).any():
+            return self._exact_allowed(q, width, allowed)
+        return scores, found
+
+    def _exact_allowed(
+        self, q: Float32Array, width: int, allowed: Int64Array
+    ) -> tuple[Float32Array, Int64Array]:
+        """Exact top-width among ``allowed``: reconstructed in chunks of 4096 (20 MB at 1280-d) and scored."""
+        best_scores = np.full((len(q), 0), -np.inf, np.float32)
+        best_ids = np.full((len(q), 0), -1, np.int64)
+        for start in range(0, len(allowed), 4096):
+            chunk = allowed[start : start + 4096]
+            vectors = np.asarray(self._index.reconstruct_batch(chunk), np.float32).reshape(-1, self.dim)
+            all_scores = np.hstack([best_scores, q @ vectors.T])
+            all_ids = np.hstack([best_ids, np.broadcast_to(chunk, (len(q), len(chunk)))])
+            order = np.argsort(-all_scores, axis=1, kind="stable")[:, :width]
+            best_scores = np.take_along_axis(all_scores, order, axis=1)
+            best_ids = np.take_along_axis(all_ids, order, axis=1)
+        scores = np.full((len(q), width), -np.inf, np.float32)
+        found = np.full((len(q), width), -1, np.int64)
+        scores[:, : best_scores.shape[1]], found[:, : best_ids.shape[1]] = best_scores, best_ids
         return scores, found
 
     def range_search(

@@ -47,8 +47,16 @@ IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 
 # Formats PIL may try. Anything else is refused before decoding: EPS would start Ghostscript on untrusted
 # bytes, and headerless formats (TGA) would make random bytes "recognised" as an image. Multi-picture JPEGs
-# from phones (MPO) come in through the JPEG opener.
-SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM")
+# from phones (MPO) come in through the JPEG opener. HEIF (iPhones' HEIC photos) through pillow-heif's opener,
+# which is registered here, at import, so the bulk job's forked readers inherit it; the same size and pixel
+# limits apply, since they are checked on the header PIL reads, whatever the format.
+SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "HEIF", "BMP", "TIFF", "PPM")
+try:
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - an optional decoder: without it, HEIC files are "not an image"
+    pass
+else:
+    register_heif_opener()
 
 # Bicubic matches how the Corel-1K reference figure was measured; reducing_gap lets PIL shrink huge images by
 # an integer factor first, which is much faster and visually indistinguishable at a gap of 3.

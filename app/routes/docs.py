@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -48,3 +49,29 @@ def install(app: FastAPI) -> None:
     declare(app.router.routes[-1], Access.public)
     app.add_route(redirect_url, swagger_redirect, include_in_schema=False)
     declare(app.router.routes[-1], Access.public)
+    declare_api_keys(app)
+
+
+SECURITY_SCHEME = "apiKey"
+
+
+def declare_api_keys(app: FastAPI) -> None:
+    """Declare the bearer API-key scheme in the OpenAPI schema, so /docs has an Authorize button and its
+    "Try it out" sends the key. Every operation lists it as optional (``{}``): the service is open until a key
+    exists, and reads stay open unless CBIR_READ_REQUIRES_KEY is set; app/auth.py decides per request."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key made by `cbir keys create` (read, write or admin role).",
+        }
+        schema["security"] = [{SECURITY_SCHEME: []}, {}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
@@ -9,7 +10,7 @@ from fastapi.responses import FileResponse
 
 from app.auth import Access, policy
 from app.deps import CollectionDep, SettingsDep
-from app.routes.uploads import parse_metadata, read_upload
+from app.routes.uploads import OnDuplicate, duplicate_answer, parse_metadata, read_upload, upload_name
 from app.schemas import DeleteOut, ErrorOut, ImageOut, UploadOut
 from app.services.thumbnails import Thumbnails
 from app.storage import media_type
@@ -37,13 +38,22 @@ def upload_image(
     response: Response,
     file: Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, GIF, BMP or TIFF).")],
     metadata: Annotated[str | None, Form(description="Optional JSON object stored with the image.")] = None,
+    on_duplicate: Annotated[
+        OnDuplicate,
+        Form(
+            description="When the content is already stored: keep its metadata, merge this metadata into "
+            "it (a JSON merge patch), or replace it."
+        ),
+    ] = "keep",
 ) -> UploadOut:
     meta = parse_metadata(metadata)
     data = read_upload(file, settings.max_upload_bytes)
-    added = collection.add_upload(data, file.filename or "upload", meta)
-    if added.duplicate:
-        response.status_code = 200
-    return UploadOut(id=added.image.id, duplicate=added.duplicate, image=ImageOut.from_row(added.image))
+    added = collection.add_upload(data, upload_name(file.filename), meta)
+    if not added.duplicate:
+        return UploadOut(id=added.image.id, duplicate=False, image=ImageOut.from_row(added.image))
+    response.status_code = 200
+    sent = meta if metadata is not None and metadata.strip() else None
+    return duplicate_answer(collection, added.image, sent, on_duplicate)
 
 
 @router.get("/{image_id}", response_model=ImageOut, responses=ERRORS, dependencies=[policy(Access.read)])
@@ -62,7 +72,11 @@ def get_image_file(collection: CollectionDep, image_id: ImageId) -> FileResponse
     # The ETag is the content's hash (not the file's mtime and size): a cached copy validates only for the
     # same picture, and ids are never reused, so an id never comes to mean another one.
     return FileResponse(
-        collection.file_path(row), media_type=media_type(row.format), headers={"ETag": f'"{row.sha256}"'}
+        collection.file_path(row),
+        media_type=media_type(row.format),
+        headers={"ETag": f'"{row.sha256}"'},
+        filename=PurePosixPath(row.original_name).name or f"image-{row.id}",
+        content_disposition_type="inline",  # shown by a browser; saved under the original name
     )
 
 

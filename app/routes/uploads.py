@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 
 from app.errors import InvalidImageError, InvalidMetadataError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from app.db.tables import Image
+    from app.schemas import UploadOut
+    from app.services.collection import Collection
+
+OnDuplicate = Literal["keep", "merge", "replace"]
 
 
 def read_upload(upload: UploadFile, limit: int) -> bytes:
@@ -31,3 +38,31 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidMetadataError(f"metadata must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def upload_name(filename: str | None) -> str:
+    """The upload's name with any path components stripped (a client may send ``C:\\x\\a.jpg``)."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name if name not in ("", ".", "..") else "upload"
+
+
+def duplicate_answer(
+    collection: Collection, existing: Image, meta: dict[str, Any] | None, on_duplicate: OnDuplicate
+) -> UploadOut:
+    """The answer to an upload of content already stored: what happened to the metadata it carried."""
+    from app.schemas import ImageOut, UploadOut
+    from app.services.catalog import patch_metadata
+
+    if meta is None:
+        return UploadOut(id=existing.id, duplicate=True, image=ImageOut.from_row(existing))
+    if on_duplicate == "keep":
+        return UploadOut(
+            id=existing.id,
+            duplicate=True,
+            image=ImageOut.from_row(existing),
+            metadata_applied=False,
+            hint=f"this content is already stored as image {existing.id}, whose metadata was kept: send "
+            f"on_duplicate=merge or on_duplicate=replace, or PATCH /images/{existing.id}",
+        )
+    row = patch_metadata(collection, existing.id, meta, replace=on_duplicate == "replace")
+    return UploadOut(id=row.id, duplicate=True, image=ImageOut.from_row(row), metadata_applied=True)

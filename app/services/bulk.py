@@ -10,6 +10,7 @@ run loses at most the batches in flight, and a rerun skips what is stored (by sh
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +48,7 @@ class BulkReport:
     duplicates: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: bool = False  # by a signal: the files after the last batch were not read
 
     @property
     def images_per_second(self) -> float:
@@ -119,9 +121,11 @@ def index_files(
     copy_files: bool = True,
     on_progress: Progress | None = None,
     skipped: Sequence[Skipped] = (),
+    stop: threading.Event | None = None,
 ) -> BulkReport:
     """Index these files (with their metadata, for SourceItems); ``skipped`` joins the report as given
-    (a manifest's unusable rows)."""
+    (a manifest's unusable rows). ``stop``: once set, the batches in flight are committed and no more read
+    (``report.stopped``)."""
     items = [p if isinstance(p, SourceItem) else SourceItem(p) for p in paths]
     settings = collection.settings
     encoder = collection.encoder
@@ -157,6 +161,9 @@ def index_files(
         try:
             stage = DeviceStage(encoder, max_pixels=settings.max_pixels)
             for batch in ahead(iter(loader), stage):
+                if stop is not None and stop.is_set():
+                    report.stopped = True
+                    break
                 wait_for(batch, encoder.device)
                 submit(batcher.add(batch), batch.duplicates, batch.skipped)
             submit(batcher.flush())

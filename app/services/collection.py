@@ -18,13 +18,13 @@ from typing import Any, cast
 
 import numpy as np
 from PIL.Image import Image as PILImage
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import ColumnElement, Engine, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import migrate
 from app.db.changes import ADD, DELETE, UPDATE, last_seq, record_change
-from app.db.session import make_engine, make_session_factory, sqlite_file
+from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
@@ -32,6 +32,7 @@ from app.services import following, stores
 from app.services.decoding import Prepared, Storable, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate, ServiceBusyError
 from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
+from app.services.presence import require_collection
 from app.services.queries import Box
 from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank
 from app.services.versions import (
@@ -44,6 +45,8 @@ from app.services.versions import (
 from app.storage import FileStore
 from index import AUTO, IndexFileError, IndexMismatchError, SearchParams, VectorIndex, VectorIndexError
 from models import Encoder, ImageEncoder
+
+__all__ = ["Added", "Collection", "Hit", "require_collection"]
 
 log = logging.getLogger("cbir.collection")
 
@@ -562,18 +565,28 @@ class Collection:
         return added
 
     def delete(self, image_id: int) -> Image:
+        deleted = self.delete_where(Image.id == image_id)
+        if not deleted:
+            raise NotFoundError(f"no image with id {image_id}")
+        return deleted[0]
+
+    def delete_where(self, condition: ColumnElement[bool]) -> list[Image]:
+        """Delete every image matching ``condition`` in one transaction; the index and files follow."""
         with self._write_lock:
             self._require_store()
             with self.sessions.begin() as session:
-                row = session.get(Image, image_id)
-                if row is None:
-                    raise NotFoundError(f"no image with id {image_id}")
-                session.delete(row)
-                record_change(session, DELETE, [image_id])
-            self.index.remove([image_id])
-        self.save_index()
-        self.files.delete(row.sha256, row.format)
-        return row
+                rows = list(session.scalars(select(Image).where(condition)))
+                for row in rows:
+                    session.delete(row)
+                if rows:
+                    record_change(session, DELETE, [row.id for row in rows])
+            if rows:
+                self.index.remove([row.id for row in rows])
+        if rows:
+            self.save_index()
+        for row in rows:
+            self.files.delete(row.sha256, row.format)
+        return rows
 
     def update_metadata(self, image_id: int, meta: dict[str, Any]) -> Image:
         """Replace an image's metadata; recorded in the feed so every process's caches may follow."""
@@ -631,10 +644,14 @@ class Collection:
         rerank: RerankOptions | None = None,
         index: VectorIndex | None = None,
         params: SearchParams | None = None,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exclude: Sequence[int | None] | None = None,
     ) -> list[list[Hit]]:
         """Top k per query through the one ranking function that `cbir evaluate` measures too.
 
-        ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile).
+        ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile);
+        ``allowed_ids`` restricts the search to a filter's matches, ``exclude`` leaves one id out per query.
         """
         pinned = index
         for _ in range(3):
@@ -647,6 +664,8 @@ class Collection:
                 rerank or self.rerank,
                 cache=self._neighbours,
                 params=params or self.search_params,
+                allowed_ids=allowed_ids,
+                exclude=exclude,
             )
             wanted = {int(i) for i in ids.ravel() if i >= 0}
             with self.sessions() as session:
@@ -668,6 +687,7 @@ class Collection:
         rerank: RerankOptions | None = None,
         box: Box | None = None,
         params: SearchParams | None = None,
+        allowed_ids: np.ndarray | None = None,
     ) -> list[Hit]:
         """Without explicit options, the service's re-ranking; a region (box) query ranks plainly, because
         query expansion and DBA pull towards pictures like the whole neighbourhood, while a region query
@@ -681,7 +701,9 @@ class Collection:
             encoder, index = self.encoder, self.index
             vector = self.embed_query(data, box, encoder)
             if index.fingerprint == encoder.fingerprint:
-                return self.search_vectors(vector[None, :], k, rerank, index, params)[0]
+                return self.search_vectors(
+                    vector[None, :], k, rerank, index, params, allowed_ids=allowed_ids
+                )[0]
         raise ServiceBusyError("the collection is switching to another encoder: retry in a moment")
 
     def count(self) -> int:
@@ -714,18 +736,6 @@ class Collection:
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
             "removed_entries": self.index.tombstones,
         }
-
-
-def require_collection(settings: Settings) -> None:
-    """Commands that only read must not create an empty collection where a mistyped --data-dir points."""
-    path = sqlite_file(settings.db_url)
-    if path is None:
-        return  # a server database: opening it creates nothing on disk
-    if not path.is_file():
-        raise NotFoundError(
-            f"there is no collection at {settings.data_dir}: {path} does not exist; check --data-dir "
-            "/ CBIR_DATA_DIR (or add images first with `cbir index`)"
-        )
 
 
 def _check_rows_encoder(engine: Engine, fingerprint: str) -> None:

@@ -67,6 +67,20 @@ class Storable(Protocol):
     def meta(self) -> dict[str, Any]: ...
 
 
+@dataclass
+class StoredItem:
+    """A Storable from plain values: a Ray worker's result, or an imported record with its file's bytes."""
+
+    sha256: str
+    data: bytes
+    width: int
+    height: int
+    format: str
+    original_name: str
+    source_path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Skipped:
     path: Path

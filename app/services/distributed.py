@@ -26,7 +26,7 @@ from app.config import Settings
 from app.errors import CbirError
 from app.services.bulk import BulkReport, Progress
 from app.services.collection import Collection
-from app.services.decoding import Skipped
+from app.services.decoding import Skipped, StoredItem
 from app.services.loading import Loaded, LoadOptions, collate, load_item
 from app.services.pipeline import DeviceStage, ShapeBatcher, embed, wait_for
 from app.services.sources import SourceItem
@@ -168,18 +168,7 @@ def _skipped_row(skipped: Skipped) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _Stored:
-    """A worker's result as collection.ingest takes it."""
-
-    sha256: str
-    data: bytes
-    width: int
-    height: int
-    format: str
-    original_name: str
-    source_path: str | None
-    meta: dict[str, Any]
+_Stored = StoredItem  # a worker's result as collection.ingest takes it
 
 
 def index_with_ray(

@@ -75,18 +75,19 @@ def load_item(
     if known(digest):
         return Skipped(path, "duplicate of an image already in the collection", duplicate=True), None
     source = str(path.resolve())
+    name = item.name or path.name
     try:
         if options.device_jpeg:
             probe = probe_image(data, max_pixels=options.max_pixels)
             if routes_to_device(probe, data):
-                loaded = Loaded(digest, data, probe.width, probe.height, probe.format, path.name, source)
+                loaded = Loaded(digest, data, probe.width, probe.height, probe.format, name, source)
                 loaded.meta, loaded.orientation, loaded.on_device = dict(item.meta), probe.orientation, True
                 return loaded, None
         decoded = decode_image(data, max_side=options.max_side, max_pixels=options.max_pixels)
     except ImageDecodeError as exc:
         return Skipped(path, str(exc)), None
     pixels = pixels_from_image(decoded.image, options.max_side)
-    loaded = Loaded(digest, data, decoded.width, decoded.height, decoded.format, path.name, source)
+    loaded = Loaded(digest, data, decoded.width, decoded.height, decoded.format, name, source)
     loaded.meta = dict(item.meta)
     return loaded, pixels
 

@@ -169,8 +169,12 @@ def rank(
     cache: NeighbourCache | None = None,
     exclude: Sequence[int | None] | None = None,
     params: SearchParams | None = None,
+    allowed_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (Q, k): the top k for every query, padded with score -inf and id -1.
+
+    ``allowed_ids`` (a filter's matches) restricts the queries' own searches, inside the vector search;
+    the database-side neighbour lists (DBA) stay those of the whole collection.
 
     ``params`` (nprobe, efSearch) apply to the queries' own searches; the database-side neighbour lists,
     shared by every request, are searched with the index's defaults.
@@ -194,14 +198,16 @@ def rank(
     if index.ntotal == 0 or len(queries) == 0:
         return scores, ids
     if not options.active:
-        plain_scores, plain_ids = _search(index, queries, k, excluded, params)
+        plain_scores, plain_ids = _search(index, queries, k, excluded, params, allowed_ids)
         width = plain_ids.shape[1]
         scores[:, :width], ids[:, :width] = plain_scores, plain_ids
         return scores, ids
     cache = cache if cache is not None else NeighbourCache()
     for start in range(0, len(queries), _CHUNK):
         part = slice(start, start + _CHUNK)
-        scores[part], ids[part] = _rerank(index, queries[part], k, options, cache, excluded[part], params)
+        scores[part], ids[part] = _rerank(
+            index, queries[part], k, options, cache, excluded[part], params, allowed_ids
+        )
     return scores, ids
 
 
@@ -213,6 +219,7 @@ def _rerank(
     cache: NeighbourCache,
     excluded: list[int | None],
     params: SearchParams | None = None,
+    allowed_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
@@ -236,7 +243,7 @@ def _rerank(
         return _scores(stored, original, candidates)
 
     original = queries
-    _, candidates = _search(index, queries, depth, excluded, params)
+    _, candidates = _search(index, queries, depth, excluded, params, allowed_ids)
     vectors = describe(candidates)
     candidate_scores = _scores(vectors, queries, candidates)
     if options.query_expansion:
@@ -245,7 +252,7 @@ def _rerank(
         weights = np.where(np.isfinite(top_scores), np.maximum(top_scores, 0.0) ** options.alpha, 0.0)
         top_vectors = np.take_along_axis(vectors, top[:, :, None], axis=1)
         queries = _unit_rows(queries + np.einsum("qn,qnd->qd", weights, top_vectors))
-        _, candidates = _search(index, queries, depth, excluded, params)
+        _, candidates = _search(index, queries, depth, excluded, params, allowed_ids)
         vectors = describe(candidates)
         candidate_scores = _scores(vectors, queries, candidates)
     order = np.argsort(-candidate_scores, axis=1, kind="stable")
@@ -265,7 +272,7 @@ def _rerank(
     scores[:, :width], ids[:, :width] = ranked_scores[:, :width], ranked_ids[:, :width]
     if k > depth:
         # Beyond the shortlist: the plain order of the (expanded) query, after everything re-ordered.
-        tail_scores, tail_ids = _search(index, queries, k + depth, excluded, params)
+        tail_scores, tail_ids = _search(index, queries, k + depth, excluded, params, allowed_ids)
         for row in range(len(queries)):
             done = ranked_ids[row][ranked_ids[row] >= 0]
             fresh = ~np.isin(tail_ids[row], done) & (tail_ids[row] >= 0)
@@ -296,10 +303,11 @@ def _search(
     depth: int,
     excluded: list[int | None],
     params: SearchParams | None = None,
+    allowed_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain top `depth` of every query, each without its excluded id; (Q, ≤ depth), padded with -1."""
     extra = int(any(e is not None for e in excluded))
-    found_scores, found_ids = index.search(queries, depth + extra, params)
+    found_scores, found_ids = index.search(queries, depth + extra, allowed_ids=allowed_ids, params=params)
     width = min(depth, found_ids.shape[1])
     scores = np.full((len(queries), width), -np.inf, np.float32)
     ids = np.full((len(queries), width), -1, np.int64)

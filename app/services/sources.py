@@ -31,6 +31,7 @@ class SourceItem:
 
     path: Path
     meta: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None  # the path as indexed (relative to the source); None: the file's name
 
 
 @dataclass
@@ -51,7 +52,7 @@ def resolve_source(spec: str | Path, *, path_column: str = "path") -> Listing:
         found = list_files(path)
         if not found:  # most often a wrong path: "added 0" with exit 0 would pass for success
             raise FileNotFoundError(f"{path} holds no files (looked in every sub-folder): check the path")
-        return Listing([SourceItem(item) for item in found])
+        return Listing([SourceItem(item, name=item.relative_to(path).as_posix()) for item in found])
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         return read_manifest(path, path_column=path_column)
     if path.is_file():
@@ -63,11 +64,29 @@ def resolve_source(spec: str | Path, *, path_column: str = "path") -> Listing:
             raise FileNotFoundError(
                 f"no file matches {text!r}; quote the pattern so the shell leaves it alone"
             )
-        return Listing([SourceItem(found) for found in files])
+        root = _static_prefix(path)
+        return Listing([SourceItem(found, name=_relative(found, root)) for found in files])
     raise FileNotFoundError(
         f"{text} does not exist: give a directory, a glob pattern such as 'photos/**/*.jpg', or a manifest "
         f"({', '.join(MANIFEST_SUFFIXES)})"
     )
+
+
+def _static_prefix(pattern: Path) -> Path:
+    """The folder a glob pattern starts from: its parts before the first one with a wildcard."""
+    parts: list[str] = []
+    for part in pattern.parts:
+        if is_glob(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
 
 
 def read_manifest(manifest: Path, *, path_column: str = "path") -> Listing:
@@ -85,7 +104,9 @@ def read_manifest(manifest: Path, *, path_column: str = "path") -> Listing:
 
 def _item(manifest: Path, raw: str, meta: dict[str, Any]) -> SourceItem:
     path = Path(raw).expanduser()
-    return SourceItem(path if path.is_absolute() else manifest.parent / path, meta)
+    if path.is_absolute():
+        return SourceItem(path, meta)
+    return SourceItem(manifest.parent / path, meta, name=path.as_posix())
 
 
 def _read_csv(manifest: Path, handle: Any, path_column: str) -> Listing:

@@ -44,11 +44,17 @@ EXPECTED: dict[tuple[str, str], Access] = {
     ("POST", "/denoise"): Access.read,
     ("POST", "/images"): Access.write,
     ("DELETE", "/images/{image_id}"): Access.write,
+    ("GET", "/images"): Access.read,
+    ("PATCH", "/images/{image_id}"): Access.write,
+    ("POST", "/images/delete"): Access.write,
 }
 # What an allowed request answers (the tiny encoder is no autoencoder: /denoise is a 409 after the key check).
 ALLOWED_STATUS: dict[tuple[str, str], set[int]] = {
     ("POST", "/images"): {200, 201},
     ("POST", "/denoise"): {409},
+    # Past the key check the matrix sends no JSON body: the route's own validation answers.
+    ("PATCH", "/images/{image_id}"): {422},
+    ("POST", "/images/delete"): {422},
 }
 # A concrete path under each mount.
 MOUNT_SAMPLES = {"/static": "/static/app.js", "/docs-assets": "/docs-assets/swagger-ui.css"}

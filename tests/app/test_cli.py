@@ -74,7 +74,7 @@ def test_search_prints_a_table_and_json(env: dict[str, str], folder: Path) -> No
     as_json = invoke(env, "search", str(query), "-k", "3", "--json")
     rows = json.loads(as_json.output)
     assert len(rows) == 3
-    assert rows[0]["original_name"] == "img4.jpg" and rows[0]["metadata"] == {}
+    assert rows[0]["original_name"] == "part1/img4.jpg" and rows[0]["metadata"] == {}
     assert rows[0]["score"] > 0.999
 
 
@@ -111,7 +111,7 @@ def test_changing_the_encoder_needs_reindex(env: dict[str, str], folder: Path) -
     assert done.exit_code == 0, done.output
     assert "re-embedded 10 images" in done.output
     found = invoke(other, "search", str(folder / "part0" / "img0.jpg"), "--json")
-    assert json.loads(found.output)[0]["original_name"] == "img0.jpg"
+    assert json.loads(found.output)[0]["original_name"] == "part0/img0.jpg"  # as indexed: under the folder
 
 
 def test_errors_are_one_line_and_non_zero(env: dict[str, str], tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ def test_csv_manifest_paths_are_relative_to_it_and_other_columns_are_metadata(fi
     manifest = files / "list.csv"
     manifest.write_text('path,sku,title\na/1.jpg,A-17,"red, shoe"\n,B-2,none\n3.jpg,C-3,x,extra\n')
     listing = resolve_source(manifest)
-    assert listing.items == [SourceItem(files / "a/1.jpg", {"sku": "A-17", "title": "red, shoe"})]
+    expected = SourceItem(files / "a/1.jpg", {"sku": "A-17", "title": "red, shoe"}, name="a/1.jpg")
+    assert listing.items == [expected], "the path as the manifest wrote it is the path as indexed"
     reasons = [skipped.reason for skipped in listing.skipped]
     assert reasons == ["line 3: empty 'path'", "line 4: more fields than the header's 3"]
 
