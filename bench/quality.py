@@ -42,25 +42,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.services.decoding import Prepared, list_files, load_files  # noqa: E402
+from app.services.decoding import Prepared, decode_or_raise, list_files, load_files  # noqa: E402
 from app.services.evaluation import average_precisions, retrieval_metrics  # noqa: E402
 from app.services.finetune import FinetuneOptions, finetune_encoder  # noqa: E402
 from app.services.fit import FitOptions, fit_parameters  # noqa: E402
 from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank  # noqa: E402
+from app.services.verification import QueryFeatures, VerifyOptions, rank_verified  # noqa: E402
+from bench.copies import make_copies, split_originals  # noqa: E402
 from index import VectorIndex  # noqa: E402
 from models import build_encoder, to_tensor  # noqa: E402
 from models.encoder import Encoder  # noqa: E402
 from models.fitted import save_fitted  # noqa: E402
+from models.local_features import LocalFeatures, extract, extract_pair  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 SCALES = (1.0, 0.7071, 0.5)
 CIFAR_QUERIES_PER_CLASS = 100
 CIFAR_P_AT = 100
+COPIES_PER_PART = {"corel": 150, "cifar": 100}  # edited copies per part (tuned, held-out) and dataset
 
 
 @dataclass
@@ -103,6 +108,14 @@ def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
 def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None) -> Dataset:
     """Feature maps at scale 1 and multi-scale GAP vectors of every image; backbone seconds per scale."""
     cache_file = cache / f"{name}-{root.resolve().as_posix().replace('/', '_')}.pt" if cache else None
+    paths, labels = labelled_files(root)
+    return embed_paths(name, paths, labels, settings, cache_file)
+
+
+def embed_paths(
+    name: str, paths: list[Path], labels: np.ndarray, settings: Settings, cache_file: Path | None
+) -> Dataset:
+    """embed_dataset for a list of files (the edited copies: labels are their originals' positions)."""
     if cache_file is not None and cache_file.exists():
         # The bench's own cache, in a folder the user named: it holds numpy arrays, so not weights-only.
         saved = torch.load(cache_file, weights_only=False)
@@ -115,7 +128,6 @@ def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None)
             saved["forward_s"],
             True,
         )
-    paths, labels = labelled_files(root)
     per_scale = {scale: _encoder(settings, "gap", scales=(scale,)) for scale in SCALES}
     multiscale_encoder = _encoder(settings, "gap", scales=SCALES)
     forward_s = dict.fromkeys(SCALES, 0.0)
@@ -182,6 +194,72 @@ def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None)
             cache_file,
         )
     return data
+
+
+@dataclass
+class CopyPart:
+    """Edited copies of some of a dataset's pictures: their feature maps (labels: the originals' positions
+    in the dataset), the edits made, and their local features (as is, mirrored)."""
+
+    dataset: str
+    part: str  # "tuned" or "held-out"
+    data: Dataset
+    edits: list[tuple[str, ...]]
+    features: list[QueryFeatures]
+
+    @property
+    def originals(self) -> np.ndarray:
+        return self.data.labels
+
+
+def copy_parts(
+    name: str, root: Path, settings: Settings, workdir: Path, cache: Path | None
+) -> list[CopyPart]:
+    """The tuned and the held-out copies of a dataset (bench/copies.py), embedded like uploads."""
+    paths, _labels = labelled_files(root)
+    tuned, held_out = split_originals(len(paths), COPIES_PER_PART[name])
+    folder = (cache or workdir) / f"copies-{name}"
+    out: list[CopyPart] = []
+    for part, originals, seed in (("tuned", tuned, 1), ("held-out", held_out, 2)):
+        images = [_decoded(paths[i].read_bytes(), settings) for i in originals.tolist()]
+        copies = make_copies(images, originals, seed)
+        target = folder / f"{part}-{seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        files = []
+        for number, made in enumerate(copies):
+            file = target / f"{number:04d}.jpg"
+            if not file.exists() or file.read_bytes() != made.data:
+                file.write_bytes(made.data)
+            files.append(file)
+        cache_file = cache / f"copies-{name}-{part}-{seed}-{len(copies)}.pt" if cache else None
+        data = embed_paths(f"{name} copies ({part})", files, originals, settings, cache_file)
+        features = [_query_features(c.data, settings) for c in copies]
+        out.append(CopyPart(name, part, data, [c.edits for c in copies], features))
+    return out
+
+
+def _decoded(data: bytes, settings: Settings) -> Image.Image:
+    """The picture as the service decodes an upload (EXIF-rotated, long side at most max_side)."""
+    return decode_or_raise(data, max_side=settings.max_side, max_pixels=settings.max_pixels).image
+
+
+def _query_features(data: bytes, settings: Settings) -> QueryFeatures:
+    plain, mirrored = extract_pair(_decoded(data, settings))
+    return QueryFeatures(plain=plain, mirrored=mirrored)
+
+
+class OriginalFeatures:
+    """Local features of a dataset's pictures, from their files as the service derives them, on demand."""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.paths, _ = labelled_files(root)
+        self.settings = settings
+        self.items: dict[int, LocalFeatures] = {}
+
+    def __call__(self, position: int) -> LocalFeatures:
+        if position not in self.items:
+            self.items[position] = extract(_decoded(self.paths[position].read_bytes(), self.settings))
+        return self.items[position]
 
 
 def _encoder(settings: Settings, head: str, **kwargs: object) -> Encoder:
@@ -265,6 +343,52 @@ def cifar_figures(vectors: np.ndarray, data: Dataset, rerank: RerankOptions) -> 
         aps.append(average_precisions(ranked, data.labels[part], relevant[start : start + 100]))
         hits_at += int(hits[:, :CIFAR_P_AT].sum())
     return float(np.concatenate(aps).mean()), hits_at / (len(queries) * CIFAR_P_AT)
+
+
+@dataclass
+class CopyFigures:
+    recall_at_1: float
+    recall_at_10: float
+    # The "same picture" decision over each query's first 10 results (None: verification off): precision,
+    # recall (the original marked "same"), and false "same" among the original's category neighbours.
+    same_precision: float | None = None
+    same_recall: float | None = None
+    same_false_in_category: int | None = None
+    pairs: list[tuple[int, bool, bool]] = field(default_factory=list)  # (inliers, is the original, same cat.)
+
+
+def copy_figures(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    copy_vectors: np.ndarray,
+    part: CopyPart,
+    rerank: RerankOptions,
+    verification: VerifyOptions,
+    features_of: Callable[[int], LocalFeatures | None],
+) -> CopyFigures:
+    """The copies query the whole unedited collection (their originals included): R@1, R@10 of the original."""
+    index = VectorIndex(vectors.shape[1], "bench")
+    index.add(np.arange(len(vectors), dtype=np.int64), vectors)
+    features = part.features if verification.active else [None] * len(part.features)
+    ranked = rank_verified(
+        index, copy_vectors, 10, rerank, verification, features, features_of, cache=NeighbourCache()
+    )
+    originals = part.originals
+    found = ranked.ids == originals[:, None]
+    figures = CopyFigures(float(found[:, 0].mean()), float(found.any(axis=1).mean()))
+    if verification.active:
+        same = ranked.same
+        true_same = int((same & found).sum())
+        figures.same_precision = true_same / max(1, int(same.sum()))
+        figures.same_recall = true_same / len(originals)
+        category = labels[np.maximum(ranked.ids, 0)] == labels[originals][:, None]
+        figures.same_false_in_category = int((same & ~found & category).sum())
+        for row in range(len(originals)):
+            for column in np.flatnonzero(ranked.inliers[row] >= 0).tolist():
+                figures.pairs.append(
+                    (int(ranked.inliers[row, column]), bool(found[row, column]), bool(category[row, column]))
+                )
+    return figures
 
 
 def main() -> None:

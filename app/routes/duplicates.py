@@ -31,5 +31,5 @@ def duplicates(
     return DuplicatesOut(
         id=image_id,
         threshold=limit,
-        results=[SearchHit.from_hit(hit.image, hit.score) for hit in hits],
+        results=[SearchHit.from_hit(hit) for hit in hits],
     )

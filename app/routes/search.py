@@ -62,5 +62,5 @@ def search(
     return SearchOut(
         k=k,
         encoder=collection.encoder.fingerprint,
-        results=[SearchHit.from_hit(hit.image, hit.score) for hit in hits],
+        results=[SearchHit.from_hit(hit) for hit in hits],
     )
