@@ -395,6 +395,9 @@ def search(
                 {
                     "id": h.image.id,
                     "score": round(h.score, 6),
+                    "match": h.match,
+                    "p_same": round(h.p_same, 4),
+                    "inliers": h.inliers,
                     "original_name": h.image.original_name,
                     "metadata": h.image.meta,
                 }
@@ -403,13 +406,14 @@ def search(
             console.print_json(json.dumps(rows))
             return
         table = Table(title=f"{len(hits)} most similar to {image.name}")
-        for column in ("rank", "id", "score", "name", "metadata"):
+        for column in ("rank", "id", "score", "match", "name", "metadata"):
             table.add_column(column, justify="right" if column in ("rank", "id", "score") else "left")
         for rank, hit in enumerate(hits, 1):
             table.add_row(
                 str(rank),
                 str(hit.image.id),
                 f"{hit.score:.4f}",
+                hit.match,
                 hit.image.original_name,
                 json.dumps(hit.image.meta),
             )
@@ -728,7 +732,10 @@ def duplicates(
     duplicate_threshold: Annotated[
         float | None,
         typer.Option(
-            "--threshold", min=0.0, max=1.0, help="Cosine similarity from which images count [0.9, measured]."
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="Cosine from which neighbours are verified as the same picture [CBIR_DUPLICATE_THRESHOLD].",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a list.")] = False,

@@ -57,7 +57,8 @@ class SearchHit(BaseModel):
     id: int
     score: float = Field(
         description="Higher is closer, in [-1, 1]: the cosine of the descriptors, raised towards 1 by the "
-        "evidence that the hit is the same picture: p_same + (1 - p_same) * cosine (results are sorted by it)."
+        "evidence that the hit is the same picture: p_same + (1 - p_same) * cosine; results are sorted "
+        "by it."
     )
     match: Literal["same", "similar"] = Field(
         description='"same": an edited copy or near-duplicate of the query (p_same >= 0.5); "similar": '
@@ -96,7 +97,9 @@ class SearchOut(BaseModel):
 
 class DuplicatesOut(BaseModel):
     id: int
-    threshold: float = Field(description="Cosine similarity of stored descriptors from which images count.")
+    threshold: float = Field(
+        description="Cosine of stored descriptors from which neighbours are verified as the same picture."
+    )
     results: list[SearchHit]
 
 

@@ -22,7 +22,10 @@ def duplicates(
     threshold: Annotated[
         float | None,
         Query(
-            gt=0, le=1, description="Cosine similarity from which images count [CBIR_DUPLICATE_THRESHOLD]."
+            gt=0,
+            le=1,
+            description="Cosine similarity from which neighbours are verified as the same picture "
+            "[CBIR_DUPLICATE_THRESHOLD].",
         ),
     ] = None,
 ) -> DuplicatesOut:

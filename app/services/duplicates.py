@@ -18,6 +18,7 @@ from app.db.tables import Image
 from app.errors import NotFoundError
 from app.services.collection import Collection, Hit
 from app.services.verification import QueryFeatures, probability, verify
+from models.local_features import LocalFeatures
 
 __all__ = ["duplicate_groups", "duplicates_of"]
 
@@ -35,7 +36,9 @@ def duplicates_of(collection: Collection, image_id: int, threshold: float) -> li
         raise NotFoundError(f"image {image_id} is not in the index yet; retry in a moment") from None
     found = _verified(collection, image_id, vector, threshold)
     rows = _rows(collection, [i for i, _, _ in found])
-    return [Hit(rows[i], score, count, float(probability(count))) for i, score, count in found if i in rows]
+    return [
+        Hit(rows[i], score, count, float(probability(count, score))) for i, score, count in found if i in rows
+    ]
 
 
 def _verified(
@@ -50,11 +53,11 @@ def _verified(
         return []
     picture = collection.local_features(image_id)
     if picture is None:
-        return []
+        picture = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
     own = collection.picture_of(image_id)  # for the mirrored features, only if needed
     query = QueryFeatures(image=own, plain=picture) if own is not None else QueryFeatures(plain=picture)
     counts = verify(query, [collection.local_features(int(i)) for i in candidates])
-    same = probability(counts) >= 0.5
+    same = probability(counts, cosines) >= 0.5
     out = [
         (int(i), float(s), int(n))
         for i, s, n, ok in zip(candidates, cosines, counts, same, strict=True)

@@ -15,7 +15,8 @@ where cosine is the score the ranking gave it (the re-ranked cosine, or the plai
 the re-ranking left out) and P(same) is 0 for results that were not verified. The score is bounded like a
 cosine, equals it wherever there is no evidence of a copy, and the results are *sorted* by it: a verified
 copy comes first because its score is higher, not by a special case. A result is marked "same" when
-P(same) >= 0.5, i.e. from MIN_INLIERS inliers on.
+P(same) >= 0.5, i.e. from MIN_INLIERS inliers on, or when its plain cosine is at least NEAR_IDENTICAL (a
+re-saved copy of a picture too flat for keypoints).
 
 Measured (bench/quality.py, default encoder, Corel-1K, held-out copies): see the README, "Choosing a
 descriptor" and "Near-duplicates".
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,7 @@ from models.local_features import LocalFeatures, extract, extract_pair, inliers
 
 __all__ = [
     "MIN_INLIERS",
+    "NEAR_IDENTICAL",
     "FeatureCache",
     "QueryFeatures",
     "Ranked",
@@ -45,16 +47,30 @@ __all__ = [
     "rank_verified",
 ]
 
-# Logistic calibration of P(same | inliers), fitted by bench/quality.py on the tuned copies of Corel-1K
-# (positives: a copy and its original; negatives: the copy and the other verified candidates).
-_SLOPE = 0.9
-MIN_INLIERS = 12  # P(same) = 0.5 here: the "same" decision
+# P(same | inliers) = 1 / (1 + exp(-_SLOPE * (inliers - _MIDPOINT))): a logistic regression fitted by
+# bench/quality.py (--tune) on the tuned copies of Corel-1K, positives a copy and its original, negatives
+# the copy and every other verified candidate (no category labels). Its fit: slope 0.241, midpoint 27.75;
+# on the tuned copies, "same" from 28 inliers has precision 0.985 at recall 0.853 (from 20: 0.956, 0.860).
+_SLOPE = 0.241
+_MIDPOINT = 27.75
+MIN_INLIERS = 28  # the first count with P(same) >= 0.5: the "same" decision
 _MIRROR_FROM = MIN_INLIERS  # below this many inliers on every candidate, the mirrored query is tried too
 
 
-def probability(count: int | np.ndarray) -> np.ndarray:
-    """P(same picture | RANSAC inliers), the logistic curve bench/quality.py fitted."""
-    return 1.0 / (1.0 + np.exp(-_SLOPE * (np.asarray(count, np.float64) - MIN_INLIERS)))
+# Plain cosine from which a result is the same picture even without local evidence: a re-saved or resized
+# copy of a picture too flat or too small for keypoints (ORB finds none on smooth thumbnails). Stricter than
+# the old cosine-only near-duplicate threshold 0.9, at which bench/duplicates.py counted 9 pairs of distinct
+# Corel-1K photos among 499,500.
+NEAR_IDENTICAL = 0.98
+
+
+def probability(count: int | np.ndarray, cosine: float | np.ndarray | None = None) -> np.ndarray:
+    """P(same picture | RANSAC inliers), the logistic curve bench/quality.py fitted; 1 from NEAR_IDENTICAL
+    on when the plain cosine is given."""
+    p = 1.0 / (1.0 + np.exp(-_SLOPE * (np.asarray(count, np.float64) - _MIDPOINT)))
+    if cosine is None:
+        return p
+    return np.where(np.asarray(cosine) >= NEAR_IDENTICAL, 1.0, p)
 
 
 @dataclass(frozen=True)
@@ -129,12 +145,11 @@ class Ranked:
     scores: np.ndarray
     ids: np.ndarray
     inliers: np.ndarray
-    same: np.ndarray = field(init=False)
-    probabilities: np.ndarray = field(init=False)
+    probabilities: np.ndarray
 
-    def __post_init__(self) -> None:
-        self.probabilities = np.where(self.inliers >= 0, probability(np.maximum(self.inliers, 0)), 0.0)
-        self.same = self.probabilities >= 0.5
+    @property
+    def same(self) -> np.ndarray:
+        return self.probabilities >= 0.5
 
 
 def verify(query: QueryFeatures, candidates: Sequence[LocalFeatures | None]) -> np.ndarray:
@@ -164,8 +179,9 @@ def rank_verified(
     queries = np.asarray(queries, np.float32).reshape(-1, index.dim)
     scores, ids = rank(index, queries, k, options, cache=cache, exclude=exclude, params=params)
     counts = np.full(ids.shape, -1, np.int32)
+    chances = np.zeros(ids.shape, np.float64)
     if not verification.active or not any(f is not None for f in query_features):
-        return Ranked(scores, ids, counts)
+        return Ranked(scores, ids, counts, chances)
     plain_scores, plain_ids = rank(
         index, queries, verification.candidates, RerankOptions.off(), exclude=exclude, params=params
     )
@@ -177,23 +193,26 @@ def rank_verified(
             out_scores[row], out_ids[row] = scores[row], ids[row]
             continue
         found = verify(features, [features_of(int(i)) for i in checked])
-        merged: dict[int, tuple[float, int]] = {
-            int(i): (float(s), -1) for s, i in zip(scores[row], ids[row], strict=True) if i >= 0
+        chance = probability(found, plain_scores[row][: len(checked)])
+        merged: dict[int, tuple[float, int, float]] = {
+            int(i): (float(s), -1, 0.0) for s, i in zip(scores[row], ids[row], strict=True) if i >= 0
         }
-        for image_id, plain, count in zip(checked.tolist(), plain_scores[row], found.tolist(), strict=True):
-            ranked_score = merged.get(image_id, (float(plain), -1))[0]
-            merged[image_id] = (ranked_score, count)
-        blended = [(_blend(score, count), image_id, count) for image_id, (score, count) in merged.items()]
+        for image_id, plain, count, p in zip(
+            checked.tolist(), plain_scores[row], found, chance, strict=False
+        ):
+            ranked_score = merged.get(image_id, (float(plain), -1, 0.0))[0]
+            merged[image_id] = (ranked_score, int(count), float(p))
+        blended = [(_blend(score, p), image_id, count, p) for image_id, (score, count, p) in merged.items()]
         blended.sort(key=lambda item: -item[0])  # a stable sort: ties keep the ranking's order
         width = min(k, len(blended))
         out_scores[row, :width] = [b[0] for b in blended[:width]]
         out_ids[row, :width] = [b[1] for b in blended[:width]]
         counts[row, :width] = [b[2] for b in blended[:width]]
-    return Ranked(out_scores, out_ids, counts)
+        chances[row, :width] = [b[3] for b in blended[:width]]
+    return Ranked(out_scores, out_ids, counts, chances)
 
 
-def _blend(score: float, count: int) -> float:
-    if count < 0 or not math.isfinite(score):
+def _blend(score: float, p: float) -> float:
+    if not math.isfinite(score):
         return score
-    p = float(probability(count))
     return p + (1.0 - p) * score
