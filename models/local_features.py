@@ -75,7 +75,7 @@ def _grey(image: Image.Image) -> np.ndarray:
 
 
 def _detect(pixels: np.ndarray) -> LocalFeatures:
-    detector = cv2.ORB_create(nfeatures=KEYPOINTS)
+    detector = cv2.ORB_create(nfeatures=KEYPOINTS)  # type: ignore[attr-defined]
     keypoints, descriptors = detector.detectAndCompute(pixels, None)
     if descriptors is None or not keypoints:
         return _EMPTY
