@@ -9,6 +9,7 @@ import numpy as np
 from app.services.reranking import RerankOptions, rank
 from app.services.verification import (
     MIN_INLIERS,
+    NEAR_IDENTICAL,
     QueryFeatures,
     VerifyOptions,
     probability,
@@ -35,7 +36,7 @@ def setup() -> tuple[VectorIndex, np.ndarray, int]:
     nearest, so that the plain and the re-ranked order both put look-alikes above it."""
     rng = np.random.default_rng(3)
     centre = rng.normal(size=DIM)
-    vectors = unit(centre + 0.35 * rng.normal(size=(N, DIM)))
+    vectors = unit(centre + 0.8 * rng.normal(size=(N, DIM)))  # cosines well below NEAR_IDENTICAL
     index = VectorIndex(DIM, "test")
     index.add(np.arange(N, dtype=np.int64), vectors)
     query = unit(centre)[None, :]
@@ -48,6 +49,7 @@ def test_a_verified_copy_comes_first_even_where_re_ranking_demotes_it() -> None:
     options = RerankOptions(query_expansion=5, database_augmentation=5, alpha=3.0, shortlist=N)
     _, reranked_ids = rank(index, query, N, options)
     assert reranked_ids[0, 0] != copied  # the premise: the ranking alone puts look-alikes first
+    assert (index.search(query, N)[0] < NEAR_IDENTICAL).all()  # only local evidence can decide here
     features = QueryFeatures(image=edited(scene(copied)))
     ranked = rank_verified(index, query, 10, options, VerifyOptions(10), [features], stored)
     assert ranked.ids[0, 0] == copied
