@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from bench.copies import EDITS
 from models.local_features import LocalFeatures, extract, extract_pair, inliers
 
 
@@ -65,3 +67,18 @@ def test_features_survive_their_byte_form(seed: int) -> None:
     np.testing.assert_array_equal(back.descriptors, features.descriptors)
     np.testing.assert_allclose(back.points, features.points, atol=0.25)
     assert len(features.to_bytes()) == 36 * len(features)
+
+
+CORELS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "corel1k"
+
+
+@pytest.mark.skipif(not CORELS.exists(), reason="Corel-1K is not in ../shared/datasets")
+def test_a_real_photo_s_edited_copy_matches_it_and_not_its_category_neighbour() -> None:
+    """Real Corel-1K photos: a cropped, rotated, recoloured copy against the original and another horse."""
+    horses = sorted((CORELS / "horses").glob("*.jpg"))[:2]
+    original, neighbour = (Image.open(path).convert("RGB") for path in horses)
+    rng = np.random.default_rng(0)
+    copy = EDITS["colour"](EDITS["rotate"](EDITS["crop"](original, rng), rng), rng)
+    query = extract(jpeg(copy))
+    assert inliers(query, extract(original)) >= 28  # "same" (app/services/verification.py MIN_INLIERS)
+    assert inliers(query, extract(neighbour)) < 28
