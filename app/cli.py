@@ -492,11 +492,16 @@ def search(
             console.print_json(json.dumps(rows))
             return
         table = Table(title=f"{len(rows)} most similar to {image.name}")
-        for column in ("rank", "id", "score", "path", "metadata"):
+        for column in ("rank", "id", "score", "match", "path", "metadata"):
             table.add_column(column, justify="right" if column in ("rank", "id", "score") else "left")
         for rank, row in enumerate(rows, 1):
             table.add_row(
-                str(rank), str(row["id"]), f"{row['score']:.4f}", row["path"], json.dumps(row["metadata"])
+                str(rank),
+                str(row["id"]),
+                f"{row['score']:.4f}",
+                str(row.get("match", "")),
+                row["path"],
+                json.dumps(row["metadata"]),
             )
         console.print(table)
 
@@ -528,6 +533,9 @@ def _search_here(
         {
             "id": h.image.id,
             "score": round(h.score, 6),
+            "match": h.match,
+            "p_same": round(h.p_same, 4),
+            "inliers": h.inliers,
             "original_name": h.image.original_name,
             "path": h.image.original_name,
             "metadata": h.image.meta,
@@ -886,7 +894,10 @@ def duplicates(
     duplicate_threshold: Annotated[
         float | None,
         typer.Option(
-            "--threshold", min=0.0, max=1.0, help="Cosine similarity from which images count [0.9, measured]."
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="Cosine from which neighbours are verified as the same picture [CBIR_DUPLICATE_THRESHOLD].",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a list.")] = False,

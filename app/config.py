@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     duplicate_threshold: float = Field(
         default=0.9, gt=0, le=1, description="Cosine similarity from which two images are near-duplicates."
     )
+    # Same picture or only similar (issue 13; app/services/verification.py, README "Choosing a descriptor").
+    verify_candidates: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Geometric verification: how many first results (by plain cosine) are checked for "
+        "being the same picture as the query; 0: off.",
+    )
     # Vector index (index/factory.py; README "Index types"). auto: Flat while exact search is fast enough,
     # then IVF-Flat while the vectors fit the memory budget, else IVF-PQ.
     index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = Field(

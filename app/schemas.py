@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from app.db.tables import Image
+
+if TYPE_CHECKING:  # the collection module loads the encoder's libraries; only its Hit type is needed
+    from app.services.collection import Hit
 
 
 def image_url(image_id: int) -> str:
@@ -71,7 +74,21 @@ class UploadOut(BaseModel):
 
 class SearchHit(BaseModel):
     id: int
-    score: float = Field(description="Cosine similarity of the descriptors, in [-1, 1]; higher is closer.")
+    score: float = Field(
+        description="Higher is closer, in [-1, 1]: the cosine of the descriptors, raised towards 1 by the "
+        "evidence that the hit is the same picture: p_same + (1 - p_same) * cosine; results are sorted "
+        "by it."
+    )
+    match: Literal["same", "similar"] = Field(
+        description='"same": an edited copy or near-duplicate of the query (p_same >= 0.5); "similar": '
+        "only looks alike (README, Choosing a descriptor)."
+    )
+    p_same: float = Field(
+        description="Calibrated probability that the hit is the same picture (0 when not verified)."
+    )
+    inliers: int | None = Field(
+        description="Local features matched under one geometric transform (null: not verified)."
+    )
     original_name: str
     path: str = Field(description=PATH_DESCRIPTION)
     metadata: dict[str, Any]
@@ -79,10 +96,14 @@ class SearchHit(BaseModel):
     thumbnail_url: str
 
     @classmethod
-    def from_hit(cls, image: Image, score: float) -> SearchHit:
+    def from_hit(cls, hit: Hit) -> SearchHit:
+        image = hit.image
         return cls(
             id=image.id,
-            score=score,
+            score=hit.score,
+            match=hit.match,
+            p_same=round(hit.p_same, 4),
+            inliers=hit.inliers,
             original_name=image.original_name,
             path=image.original_name,
             metadata=image.meta or {},
@@ -99,7 +120,9 @@ class SearchOut(BaseModel):
 
 class DuplicatesOut(BaseModel):
     id: int
-    threshold: float = Field(description="Cosine similarity of stored descriptors from which images count.")
+    threshold: float = Field(
+        description="Cosine of stored descriptors from which neighbours are verified as the same picture."
+    )
     results: list[SearchHit]
 
 

@@ -21,12 +21,19 @@ How each number is made, so the table describes what the product does:
   images, divided into the image count (decoding, shared by every row, excluded). ms/query is the Corel
   ranking time per query (search and re-ranking), the part that re-ranking makes dearer.
 
-    python bench/quality.py [--corel DIR] [--cifar DIR] [--cache DIR] [--no-cifar]
+Beside the category figures, an instance ("same picture") benchmark: edited copies of some pictures of each
+dataset (bench/copies.py) query the whole unedited collection, R@1 and R@10 of the original, in a tuned part
+(what app/services/verification.py's threshold and calibration were chosen on) and a held-out part (other
+seed, disjoint originals, never tuned on); for the rows with geometric verification, the precision and
+recall of the "same" decision over each copy's first 10 results, and (last) the tuned pairs' precision and
+recall per inlier threshold with a logistic fit of P(same | inliers).
+
+    python bench/quality.py [--corel DIR] [--cifar DIR] [--cache DIR] [--no-cifar] [--only-default]
 
 --cache keeps the feature maps between runs (CIFAR's take ~2.6 GB), so that a rerun costs minutes, not the
 full embedding; a cached run reports the embedding times measured when the cache was made. The last line is
 JSON: {"rows": [{"config", "corel_mAP", "corel_P@10", "cifar_mAP", "cifar_P@100", "dim", "img_s",
-"query_ms"}, ...]}.
+"query_ms", "<dataset>_copies_<part>_R@1", "..._R@10", "..._same_precision", "..._same_recall"}, ...]}.
 """
 
 from __future__ import annotations
@@ -42,25 +49,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.services.decoding import Prepared, list_files, load_files  # noqa: E402
+from app.services.decoding import Prepared, decode_or_raise, list_files, load_files  # noqa: E402
 from app.services.evaluation import average_precisions, retrieval_metrics  # noqa: E402
 from app.services.finetune import FinetuneOptions, finetune_encoder  # noqa: E402
 from app.services.fit import FitOptions, fit_parameters  # noqa: E402
 from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank  # noqa: E402
+from app.services.verification import QueryFeatures, VerifyOptions, rank_verified  # noqa: E402
+from bench.copies import make_copies, split_originals  # noqa: E402
 from index import VectorIndex  # noqa: E402
 from models import build_encoder, to_tensor  # noqa: E402
 from models.encoder import Encoder  # noqa: E402
 from models.fitted import save_fitted  # noqa: E402
+from models.local_features import LocalFeatures, extract, extract_pair  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 SCALES = (1.0, 0.7071, 0.5)
 CIFAR_QUERIES_PER_CLASS = 100
 CIFAR_P_AT = 100
+COPIES_PER_PART = {"corel": 150, "cifar": 100}  # edited copies per part (tuned, held-out) and dataset
 
 
 @dataclass
@@ -86,7 +98,7 @@ class Row:
     cifar: tuple[float, float] | None = None  # mAP, P@100
     query_ms: float | None = None
     note: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
+    copies: dict[tuple[str, str], CopyFigures] = field(default_factory=dict)  # (dataset, part)
 
 
 def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
@@ -103,6 +115,14 @@ def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
 def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None) -> Dataset:
     """Feature maps at scale 1 and multi-scale GAP vectors of every image; backbone seconds per scale."""
     cache_file = cache / f"{name}-{root.resolve().as_posix().replace('/', '_')}.pt" if cache else None
+    paths, labels = labelled_files(root)
+    return embed_paths(name, paths, labels, settings, cache_file)
+
+
+def embed_paths(
+    name: str, paths: list[Path], labels: np.ndarray, settings: Settings, cache_file: Path | None
+) -> Dataset:
+    """embed_dataset for a list of files (the edited copies: labels are their originals' positions)."""
     if cache_file is not None and cache_file.exists():
         # The bench's own cache, in a folder the user named: it holds numpy arrays, so not weights-only.
         saved = torch.load(cache_file, weights_only=False)
@@ -115,7 +135,6 @@ def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None)
             saved["forward_s"],
             True,
         )
-    paths, labels = labelled_files(root)
     per_scale = {scale: _encoder(settings, "gap", scales=(scale,)) for scale in SCALES}
     multiscale_encoder = _encoder(settings, "gap", scales=SCALES)
     forward_s = dict.fromkeys(SCALES, 0.0)
@@ -184,6 +203,81 @@ def embed_dataset(name: str, root: Path, settings: Settings, cache: Path | None)
     return data
 
 
+@dataclass
+class CopyPart:
+    """Edited copies of some of a dataset's pictures: their feature maps (labels: the originals' positions
+    in the dataset), the edits made, and their local features (as is, mirrored)."""
+
+    dataset: str
+    part: str  # "tuned" or "held-out"
+    data: Dataset
+    edits: list[tuple[str, ...]]
+    features: list[QueryFeatures]
+
+    @property
+    def originals(self) -> np.ndarray:
+        return self.data.labels
+
+
+def copy_parts(
+    name: str, root: Path, settings: Settings, workdir: Path, cache: Path | None
+) -> list[CopyPart]:
+    """The tuned and the held-out copies of a dataset (bench/copies.py), embedded like uploads."""
+    paths, _labels = labelled_files(root)
+    tuned, held_out = split_originals(len(paths), COPIES_PER_PART[name])
+    folder = (cache or workdir) / f"copies-{name}"
+    out: list[CopyPart] = []
+    for part, originals, seed in (("tuned", tuned, 1), ("held-out", held_out, 2)):
+        images = [_decoded(paths[i].read_bytes(), settings) for i in originals.tolist()]
+        copies = make_copies(images, originals, seed)
+        target = folder / f"{part}-{seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        files = []
+        for number, made in enumerate(copies):
+            file = target / f"{number:04d}.jpg"
+            if not file.exists() or file.read_bytes() != made.data:
+                file.write_bytes(made.data)
+            files.append(file)
+        cache_file = cache / f"copies-{name}-{part}-{seed}-{len(copies)}.pt" if cache else None
+        data = embed_paths(f"{name} copies ({part})", files, originals, settings, cache_file)
+        features = [_query_features(c.data, settings) for c in copies]
+        out.append(CopyPart(name, part, data, [c.edits for c in copies], features))
+    return out
+
+
+def _decoded(data: bytes, settings: Settings) -> Image.Image:
+    """The picture as the service decodes an upload (EXIF-rotated, long side at most max_side)."""
+    return decode_or_raise(data, max_side=settings.max_side, max_pixels=settings.max_pixels).image
+
+
+def _query_features(data: bytes, settings: Settings) -> QueryFeatures:
+    plain, mirrored = extract_pair(_decoded(data, settings))
+    return QueryFeatures(plain=plain, mirrored=mirrored)
+
+
+class OriginalFeatures:
+    """Local features of a dataset's pictures, from their files as the service derives them, on demand."""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.paths, _ = labelled_files(root)
+        self.settings = settings
+        self.items: dict[int, LocalFeatures] = {}
+
+    def __call__(self, position: int) -> LocalFeatures:
+        if position not in self.items:
+            self.items[position] = extract(self.picture(position))
+        return self.items[position]
+
+    def picture(self, position: int) -> Image.Image:
+        return _decoded(self.paths[position].read_bytes(), self.settings)
+
+    def query(self, position: int) -> QueryFeatures:
+        """The picture as a query (for the category figures with verification on)."""
+        if position in self.items:
+            return QueryFeatures(image=self.picture(position), plain=self.items[position])
+        return QueryFeatures(image=self.picture(position))
+
+
 def _encoder(settings: Settings, head: str, **kwargs: object) -> Encoder:
     return build_encoder(
         settings.backbone,
@@ -226,6 +320,8 @@ def finetuned_encoder(settings: Settings, root: Path, on: Dataset, start: Path, 
     """`cbir finetune` with its default options on the dataset's own pictures, self-supervised (the labels
     are never given to it), starting from the NetVLAD `cbir fit` made of them; loaded like `--fitted`."""
     out = workdir / f"finetuned-{on.name}.safetensors"
+    if out.exists():  # trained once per dataset; the copies are pooled by the same head
+        return _encoder(settings, "netvlad", fitted=out)
     paths, _labels = labelled_files(root)
     tuned = settings.model_copy(update={"head": "netvlad", "fitted": start})
     report = finetune_encoder(tuned, paths, out, FinetuneOptions(), source=f"{on.name} (bench)")
@@ -267,6 +363,95 @@ def cifar_figures(vectors: np.ndarray, data: Dataset, rerank: RerankOptions) -> 
     return float(np.concatenate(aps).mean()), hits_at / (len(queries) * CIFAR_P_AT)
 
 
+@dataclass
+class CopyFigures:
+    recall_at_1: float
+    recall_at_10: float
+    # The "same picture" decision over each query's first 10 results (None: verification off): precision,
+    # recall (the original marked "same"), and false "same" among the original's category neighbours.
+    same_precision: float | None = None
+    same_recall: float | None = None
+    same_false_in_category: int | None = None
+    pairs: list[tuple[int, bool, bool]] = field(default_factory=list)  # (inliers, is the original, same cat.)
+    queries: int = 0
+
+
+def copy_figures(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    copy_vectors: np.ndarray,
+    part: CopyPart,
+    rerank: RerankOptions,
+    verification: VerifyOptions,
+    features_of: Callable[[int], LocalFeatures | None],
+) -> CopyFigures:
+    """Copies query the whole unedited collection (originals included): R@1, R@10 of the original."""
+    index = VectorIndex(vectors.shape[1], "bench")
+    index.add(np.arange(len(vectors), dtype=np.int64), vectors)
+    features = part.features if verification.active else [None] * len(part.features)
+    ranked = rank_verified(
+        index, copy_vectors, 10, rerank, verification, features, features_of, cache=NeighbourCache()
+    )
+    originals = part.originals
+    found = ranked.ids == originals[:, None]
+    figures = CopyFigures(float(found[:, 0].mean()), float(found.any(axis=1).mean()), queries=len(originals))
+    if verification.active:
+        same = ranked.same
+        true_same = int((same & found).sum())
+        figures.same_precision = true_same / max(1, int(same.sum()))
+        figures.same_recall = true_same / len(originals)
+        category = labels[np.maximum(ranked.ids, 0)] == labels[originals][:, None]
+        figures.same_false_in_category = int((same & ~found & category).sum())
+        for row in range(len(originals)):
+            for column in np.flatnonzero(ranked.inliers[row] >= 0).tolist():
+                figures.pairs.append(
+                    (int(ranked.inliers[row, column]), bool(found[row, column]), bool(category[row, column]))
+                )
+    return figures
+
+
+def verified_category_figures(
+    vectors: np.ndarray,
+    data: Dataset,
+    rerank: RerankOptions,
+    verification: VerifyOptions,
+    originals: OriginalFeatures,
+    queries: np.ndarray,
+    leave_one_out: bool,
+    p_at: int,
+) -> tuple[float, float]:
+    """Category mAP and P@p_at with verification on, as the service answers (the queries' own pictures
+    verified against their first results); Corel leave-one-out, CIFAR's queries against the rest."""
+    database = np.arange(len(data)) if leave_one_out else np.setdiff1d(np.arange(len(data)), queries)
+    index = VectorIndex(vectors.shape[1], "bench")
+    index.add(database.astype(np.int64), vectors[database])
+    cache = NeighbourCache()
+    depth = len(database) - int(leave_one_out)
+    relevant = np.array(
+        [(data.labels[database] == data.labels[q]).sum() - int(leave_one_out) for q in queries]
+    )
+    aps, hits_at = [], 0
+    for start in range(0, len(queries), 50):
+        part = queries[start : start + 50]
+        features = [originals.query(int(q)) for q in part]
+        exclude = part.tolist() if leave_one_out else None
+        ranked = rank_verified(
+            index,
+            vectors[part],
+            depth,
+            rerank,
+            verification,
+            features,
+            originals,
+            cache=cache,
+            exclude=exclude,
+        )
+        labels = data.labels[ranked.ids]
+        aps.append(average_precisions(labels, data.labels[part], relevant[start : start + 50]))
+        hits_at += int((labels[:, :p_at] == data.labels[part][:, None]).sum())
+    return float(np.concatenate(aps).mean()), hits_at / (len(queries) * p_at)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -277,93 +462,175 @@ def main() -> None:
     parser.add_argument(
         "--no-cifar", action="store_true", help="Corel-1K only (CIFAR takes most of the time)"
     )
+    parser.add_argument(
+        "--only-default", action="store_true", help="only the rows of the default ranking (quicker)"
+    )
     args = parser.parse_args()
 
     settings = Settings()
     started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="cbir-quality-"))
     corel = embed_dataset("corel", args.corel, settings, args.cache)
     cifar = None if args.no_cifar else embed_dataset("cifar", args.cifar, settings, args.cache)
-    embedded = time.perf_counter() - started
     datasets = [d for d in (corel, cifar) if d is not None]
+    roots = {corel.name: args.corel, **({cifar.name: args.cifar} if cifar is not None else {})}
+    parts = {d.name: copy_parts(d.name, roots[d.name], settings, workdir, args.cache) for d in datasets}
+    local = {d.name: OriginalFeatures(roots[d.name], settings) for d in datasets}
+    embedded = time.perf_counter() - started
     configured = options_from_settings(settings)
     # The service's re-ranking; when the environment turns it off, the options' own defaults.
     default_rerank = configured if configured.active else RerankOptions()
+    default_verify = VerifyOptions(settings.verify_candidates or VerifyOptions().candidates)
     off = RerankOptions.off()
+    no_verify = VerifyOptions(0)
     rows: list[Row] = []
-    workdir = Path(tempfile.mkdtemp(prefix="cbir-quality-"))
 
     def measure(
         config: str,
-        make: Callable[[Dataset], tuple[np.ndarray, float]],
+        make: Callable[[Dataset, Dataset], tuple[np.ndarray, float]],
         scales: Sequence[float] = (1.0,),
         rerank: RerankOptions = off,
+        verification: VerifyOptions = no_verify,
     ) -> None:
         row = Row(config=config, dim=0, img_s=None)
         for data in datasets:
-            vectors, pool_s = make(data)
+            vectors, pool_s = make(data, data)
             row.dim = vectors.shape[1]
             if data is corel:
                 forward = sum(corel.forward_s[s] for s in scales)
                 row.img_s = len(corel) / (forward + pool_s)
-                mean_ap, p10, ms = corel_figures(vectors, corel, rerank)
+                tick = time.perf_counter()
+                if verification.active:
+                    everything = np.arange(len(corel))
+                    mean_ap, p10 = verified_category_figures(
+                        vectors, corel, rerank, verification, local[corel.name], everything, True, 10
+                    )
+                    ms = (time.perf_counter() - tick) / len(corel) * 1000
+                else:
+                    mean_ap, p10, ms = corel_figures(vectors, corel, rerank)
                 row.corel, row.query_ms = (mean_ap, p10), ms
+            elif verification.active:
+                queries = cifar_queries(data)
+                row.cifar = verified_category_figures(
+                    vectors, data, rerank, verification, local[data.name], queries, False, CIFAR_P_AT
+                )
             else:
                 row.cifar = cifar_figures(vectors, data, rerank)
+            for part in parts[data.name]:
+                copy_vectors, _ = make(data, part.data)
+                figures = copy_figures(
+                    vectors, data.labels, copy_vectors, part, rerank, verification, local[data.name]
+                )
+                row.copies[(data.name, part.part)] = figures
         rows.append(row)
         print(f"  measured {config}", file=sys.stderr)
 
-    def headed(head: str, **kwargs: object) -> Callable[[Dataset], tuple[np.ndarray, float]]:
+    def headed(head: str, **kwargs: object) -> Callable[[Dataset, Dataset], tuple[np.ndarray, float]]:
         encoder = _encoder(settings, head, **kwargs)
-        return lambda data: pool(encoder, data)
+        return lambda data, target: pool(encoder, target)
 
-    def multiscale(data: Dataset) -> tuple[np.ndarray, float]:
-        return data.multiscale, data.multiscale_pool_s  # pooled while embedding, from all three maps
+    def multiscale(data: Dataset, target: Dataset) -> tuple[np.ndarray, float]:
+        return target.multiscale, target.multiscale_pool_s  # pooled while embedding, from all three maps
 
     def netvlad(
         options: FitOptions, reference: bool = False
-    ) -> Callable[[Dataset], tuple[np.ndarray, float]]:
-        def make(data: Dataset) -> tuple[np.ndarray, float]:
+    ) -> Callable[[Dataset, Dataset], tuple[np.ndarray, float]]:
+        def make(data: Dataset, target: Dataset) -> tuple[np.ndarray, float]:
             source = data
             if reference:
                 others = [d for d in datasets if d is not data]
                 if not others:
                     raise SystemExit("the reference rows need both datasets: drop --no-cifar")
                 source = others[0]
-            return pool(fitted_encoder(settings, source, options, workdir), data)
+            return pool(fitted_encoder(settings, source, options, workdir), target)
 
         return make
 
     k = FitOptions().clusters or 8
-    measure("GAP (off-the-shelf)", headed("gap"))
-    measure("GeM p=3", headed("gem"))
-    measure("SPP levels 1+2", headed("spp"))
-    measure("GAP multi-scale 1, 1/sqrt2, 1/2", multiscale, scales=SCALES)
-    measure(f"NetVLAD K={k} as initialised (k-means)", netvlad(FitOptions(clusters=k)))
-    measure(
-        f"NetVLAD K={k} + PCA-whitening 512",
-        netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=-0.5)),
+    default_name = (
+        f"GAP + re-ranking ({_describe(default_rerank)}) + verification of {default_verify.candidates}"
     )
-    if cifar is not None:
+    measure("GAP (off-the-shelf)", headed("gap"))
+    if not args.only_default:
+        measure("GeM p=3", headed("gem"))
+        measure("SPP levels 1+2", headed("spp"))
+        measure("GAP multi-scale 1, 1/sqrt2, 1/2", multiscale, scales=SCALES)
+        measure(f"NetVLAD K={k} as initialised (k-means)", netvlad(FitOptions(clusters=k)))
         measure(
-            f"NetVLAD K={k} + PCA-whitening 512, fitted on the other dataset",
-            netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=-0.5), reference=True),
+            f"NetVLAD K={k} + PCA-whitening 512",
+            netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=-0.5)),
         )
-    measure(f"NetVLAD K={k} + PCA 512", netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=0.0)))
-    roots = {corel.name: args.corel, **({cifar.name: args.cifar} if cifar is not None else {})}
+        if cifar is not None:
+            measure(
+                f"NetVLAD K={k} + PCA-whitening 512, fitted on the other dataset",
+                netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=-0.5), reference=True),
+            )
+        measure(
+            f"NetVLAD K={k} + PCA 512", netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=0.0))
+        )
 
-    def finetuned(data: Dataset) -> tuple[np.ndarray, float]:
-        start = fitted_file(settings, data, FitOptions(clusters=k), workdir)
-        return pool(finetuned_encoder(settings, roots[data.name], data, start, workdir), data)
+        def finetuned(data: Dataset, target: Dataset) -> tuple[np.ndarray, float]:
+            start = fitted_file(settings, data, FitOptions(clusters=k), workdir)
+            return pool(finetuned_encoder(settings, roots[data.name], data, start, workdir), target)
 
-    measure(f"NetVLAD K={k} fine-tuned, self-supervised (cbir finetune)", finetuned)
-    measure(f"GAP + re-ranking ({_describe(default_rerank)})", headed("gap"), rerank=default_rerank)
+        measure(f"NetVLAD K={k} fine-tuned, self-supervised (cbir finetune)", finetuned)
+        measure(
+            f"NetVLAD K={k} + PCA 512 + re-ranking",
+            netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=0.0)),
+            rerank=default_rerank,
+        )
     measure(
-        f"NetVLAD K={k} + PCA 512 + re-ranking",
-        netvlad(FitOptions(clusters=k, projection_dim=512, eigen_power=0.0)),
+        f"GAP + re-ranking ({_describe(default_rerank)}), no verification",
+        headed("gap"),
         rerank=default_rerank,
     )
+    measure(f"GAP + verification of {default_verify.candidates}", headed("gap"), verification=default_verify)
+    measure(default_name, headed("gap"), rerank=default_rerank, verification=default_verify)
+    rows[-1].note = "= the default"
 
-    print_table(rows, corel, cifar, embedded, time.perf_counter() - started)
+    print_table(rows, corel, cifar, parts, embedded, time.perf_counter() - started)
+    print_calibration(rows[-1])
+
+
+def cifar_queries(data: Dataset) -> np.ndarray:
+    return np.concatenate(
+        [np.flatnonzero(data.labels == label)[:CIFAR_QUERIES_PER_CLASS] for label in np.unique(data.labels)]
+    )
+
+
+def print_calibration(row: Row) -> None:
+    """What the "same" threshold and P(same) of app/services/verification.py were chosen from: the tuned
+    copies' verified pairs (never the held-out ones), no labels."""
+    figures = row.copies.get(("corel", "tuned"))
+    if figures is None or not figures.pairs:
+        return
+    counts = np.array([p[0] for p in figures.pairs], np.float64)
+    positive = np.array([p[1] for p in figures.pairs])
+    copies = figures.queries
+    print("tuning (Corel tuned copies, the default): inliers from which 'same' -> precision, recall")
+    for threshold in (12, 16, 20, 24, 28, 32, 40):
+        chosen = counts >= threshold
+        true = int((chosen & positive).sum())
+        print(
+            f"  >= {threshold:2d}: precision {true / max(1, int(chosen.sum())):.3f}, "
+            f"recall {true / copies:.3f}"
+        )
+    # Logistic regression of "is the original" on the inliers (Newton's method: two parameters).
+    slope, offset = _logistic(counts, positive.astype(np.float64))
+    print(f"  logistic fit of P(same | inliers): slope {slope:.3f}, midpoint {-offset / slope:.2f}")
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """Maximum-likelihood logistic regression on one feature (hand-written: two parameters, no library
+    needed for it)."""
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    weights = np.zeros(2)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-design @ weights))
+        gradient = design.T @ (y - p)
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        weights += np.linalg.solve(hessian, gradient)
+    return float(weights[0]), float(weights[1])
 
 
 def _describe(options: RerankOptions) -> str:
@@ -375,50 +642,83 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def print_table(
-    rows: list[Row], corel: Dataset, cifar: Dataset | None, embedded: float, total: float
+    rows: list[Row],
+    corel: Dataset,
+    cifar: Dataset | None,
+    parts: dict[str, list[CopyPart]],
+    embedded: float,
+    total: float,
 ) -> None:
+    copy_columns = [(d, part.part) for d, ps in parts.items() for part in ps]
     header = (
-        f"{'configuration':<62} {'Corel mAP':>9} {'P@10':>6} {'CIFAR mAP':>9} {'P@100':>6} "
-        f"{'dim':>6} {'img/s':>6} {'ms/q':>6}"
+        f"{'configuration':<66} {'Corel mAP':>9} {'P@10':>6} {'CIFAR mAP':>9} {'P@100':>6} "
+        + " ".join(f"{_short(d, p):>15}" for d, p in copy_columns)
+        + f" {'dim':>6} {'img/s':>6} {'ms/q':>6}"
     )
+    print("copies: R@1/R@10 of the original, per dataset and part (tuned / held-out)")
     print(header)
     print("-" * len(header))
     for row in rows:
         corel_map, corel_p = row.corel or (None, None)
         cifar_map, cifar_p = row.cifar or (None, None)
+        copies = " ".join(
+            f"{_fmt(row.copies[c].recall_at_1) + '/' + _fmt(row.copies[c].recall_at_10):>15}"
+            if c in row.copies
+            else f"{'—':>15}"
+            for c in copy_columns
+        )
         print(
-            f"{row.config:<62} {_fmt(corel_map):>9} {_fmt(corel_p):>6} {_fmt(cifar_map):>9} "
-            f"{_fmt(cifar_p):>6} {row.dim or '—':>6} {_fmt(row.img_s, 1):>6} {_fmt(row.query_ms, 2):>6}"
-            + (f"  {row.note}" if row.note else "")
+            f"{row.config:<66} {_fmt(corel_map):>9} {_fmt(corel_p):>6} {_fmt(cifar_map):>9} "
+            f"{_fmt(cifar_p):>6} {copies} {row.dim or '—':>6} {_fmt(row.img_s, 1):>6} "
+            f"{_fmt(row.query_ms, 2):>6}" + (f"  {row.note}" if row.note else "")
         )
     sizes = f"Corel-1K {len(corel)} images" + (f", CIFAR-10-test {len(cifar)} images" if cifar else "")
+    copy_sizes = ", ".join(f"{_short(p.dataset, p.part)} {len(p.edits)}" for ps in parts.values() for p in ps)
     cached = " (feature maps from the cache)" if corel.cached or (cifar is not None and cifar.cached) else ""
     forward = ", ".join(f"scale {s:g}: {corel.forward_s[s]:.0f} s" for s in SCALES)
     print(
-        f"{sizes}; embedding {embedded:.0f} s{cached}, whole run {total:.0f} s; Corel backbone time {forward}"
+        f"{sizes}; copies {copy_sizes}; embedding {embedded:.0f} s{cached}, whole run {total:.0f} s; "
+        f"Corel backbone time {forward}"
     )
     if cifar is not None:
         cifar_forward = ", ".join(f"scale {s:g}: {cifar.forward_s[s]:.0f} s" for s in SCALES)
         print(f"CIFAR backbone time (32x32 upscaled to the max side) {cifar_forward}")
-    print(
-        json.dumps(
-            {
-                "rows": [
-                    {
-                        "config": row.config,
-                        "corel_mAP": _round(row.corel[0] if row.corel else None),
-                        "corel_P@10": _round(row.corel[1] if row.corel else None),
-                        "cifar_mAP": _round(row.cifar[0] if row.cifar else None),
-                        "cifar_P@100": _round(row.cifar[1] if row.cifar else None),
-                        "dim": row.dim or None,
-                        "img_s": _round(row.img_s, 1),
-                        "query_ms": _round(row.query_ms, 2),
-                    }
-                    for row in rows
-                ]
-            }
-        )
-    )
+    for row in rows:
+        for (dataset, part), figures in row.copies.items():
+            if figures.same_precision is not None:
+                print(
+                    f"'same' decision, {row.config}, {dataset} {part}: precision {figures.same_precision:.3f}"
+                    f", recall {figures.same_recall:.3f}, false 'same' among category neighbours "
+                    f"{figures.same_false_in_category}"
+                )
+    print(json.dumps({"rows": [_json_row(row) for row in rows]}))
+
+
+def _short(dataset: str, part: str) -> str:
+    return f"{dataset} {'held' if part == 'held-out' else part}"
+
+
+def _json_row(row: Row) -> dict[str, object]:
+    out: dict[str, object] = {
+        "config": row.config,
+        "corel_mAP": _round(row.corel[0] if row.corel else None),
+        "corel_P@10": _round(row.corel[1] if row.corel else None),
+        "cifar_mAP": _round(row.cifar[0] if row.cifar else None),
+        "cifar_P@100": _round(row.cifar[1] if row.cifar else None),
+        "dim": row.dim or None,
+        "img_s": _round(row.img_s, 1),
+        "query_ms": _round(row.query_ms, 2),
+    }
+    for (dataset, part), figures in row.copies.items():
+        key = f"{dataset}_copies_{part}"
+        out[f"{key}_R@1"] = _round(figures.recall_at_1)
+        out[f"{key}_R@10"] = _round(figures.recall_at_10)
+        if figures.same_precision is not None:
+            out[f"{key}_same_precision"] = _round(figures.same_precision)
+            out[f"{key}_same_recall"] = _round(figures.same_recall)
+    if row.note:
+        out["note"] = row.note
+    return out
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -28,7 +28,10 @@ def duplicates(
     threshold: Annotated[
         float | None,
         Query(
-            gt=0, le=1, description="Cosine similarity from which images count [CBIR_DUPLICATE_THRESHOLD]."
+            gt=0,
+            le=1,
+            description="Cosine similarity from which neighbours are verified as the same picture "
+            "[CBIR_DUPLICATE_THRESHOLD].",
         ),
     ] = None,
 ) -> DuplicatesOut:
@@ -37,5 +40,5 @@ def duplicates(
     return DuplicatesOut(
         id=image_id,
         threshold=limit,
-        results=[SearchHit.from_hit(hit.image, hit.score) for hit in hits],
+        results=[SearchHit.from_hit(hit) for hit in hits],
     )

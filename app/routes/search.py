@@ -209,7 +209,7 @@ def _run(collection: Collection, settings: Settings, query: SearchQuery, data: b
     return SearchOut(
         k=query.k,
         encoder=collection.encoder.fingerprint,
-        results=[SearchHit.from_hit(hit.image, hit.score) for hit in hits],
+        results=[SearchHit.from_hit(hit) for hit in hits],
     )
 
 

@@ -34,7 +34,8 @@ from app.services.gate import InferenceGate, ServiceBusyError
 from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
 from app.services.presence import require_collection
 from app.services.queries import Box
-from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank
+from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings
+from app.services.verification import FeatureCache, QueryFeatures, VerifyOptions, rank_verified
 from app.services.versions import (
     encoder_spec,
     ensure_active,
@@ -57,6 +58,15 @@ REINDEX_HINT = "run `cbir reindex` to re-embed the stored images with the config
 class Hit:
     image: Image
     score: float
+    # Geometric verification (app/services/verification.py): RANSAC inliers (None: not verified) and the
+    # calibrated probability that the hit is the same picture as the query (0 when not verified).
+    inliers: int | None = None
+    p_same: float = 0.0
+
+    @property
+    def match(self) -> str:
+        """ "same" (an edited copy or near-duplicate of the query) or "similar"."""
+        return "same" if self.p_same >= 0.5 else "similar"
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,8 @@ class Collection:
         self._seen_seq = 0  # the last change-feed entry this process's index reflects (see catch_up)
         self.rerank = options_from_settings(settings)  # requests may override it
         self._neighbours = NeighbourCache()
+        self.verification = VerifyOptions(settings.verify_candidates)
+        self.local_features = FeatureCache(self.picture_of)  # derived from the stored files, see verification
         self._switching: threading.Thread | None = None  # see _follow_switch
         self._files_pool: ThreadPoolExecutor | None = None  # see ingest_many
         self._failed_switch: str | None = None
@@ -647,26 +659,33 @@ class Collection:
         *,
         allowed_ids: np.ndarray | None = None,
         exclude: Sequence[int | None] | None = None,
+        pictures: Sequence[PILImage | None] | None = None,
     ) -> list[list[Hit]]:
         """Top k per query through the one ranking function that `cbir evaluate` measures too.
 
         ``index`` pins the index the vectors were made for (the current one may be swapped meanwhile);
         ``allowed_ids`` restricts the search to a filter's matches, ``exclude`` leaves one id out per query.
+        ``pictures``: the query pictures, for geometric verification of the first results (None: none).
         """
         pinned = index
+        features = [None if p is None else QueryFeatures(p) for p in pictures or [None] * len(vectors)]
         for _ in range(3):
             self.catch_up()
             index = pinned or self.index
-            scores, ids = rank(
+            ranked = rank_verified(
                 index,
                 vectors,
                 k,
                 rerank or self.rerank,
+                self.verification,
+                features,
+                self.local_features,
                 cache=self._neighbours,
                 params=params or self.search_params,
                 allowed_ids=allowed_ids,
                 exclude=exclude,
             )
+            scores, ids = ranked.scores, ranked.ids
             wanted = {int(i) for i in ids.ravel() if i >= 0}
             with self.sessions() as session:
                 rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(wanted)))}
@@ -676,9 +695,24 @@ class Collection:
             # search again, so the answer still holds k hits when the collection holds k images.
         # An id the database no longer has is dropped, never returned.
         return [
-            [Hit(rows[int(i)], float(s)) for s, i in zip(srow, irow, strict=True) if int(i) in rows]
-            for srow, irow in zip(scores, ids, strict=True)
+            [
+                Hit(rows[int(i)], float(s), None if n < 0 else int(n), float(p))
+                for s, i, n, p in zip(srow, irow, nrow, prow, strict=True)
+                if int(i) in rows
+            ]
+            for srow, irow, nrow, prow in zip(scores, ids, ranked.inliers, ranked.probabilities, strict=True)
         ]
+
+    def picture_of(self, image_id: int) -> PILImage | None:
+        """A stored image decoded as uploads are, for its local features (None: gone or unreadable)."""
+        try:
+            data = self.file_path(self.get(image_id)).read_bytes()
+            return decode_or_raise(
+                data, max_side=self.encoder.max_side, max_pixels=self.settings.max_pixels
+            ).image
+        except (NotFoundError, OSError, InvalidRequestError) as exc:
+            log.info("no local features for image %s: %s", image_id, exc)
+            return None
 
     def search_image(
         self,
@@ -701,10 +735,17 @@ class Collection:
             encoder, index = self.encoder, self.index
             vector = self.embed_query(data, box, encoder)
             if index.fingerprint == encoder.fingerprint:
+                # A region query looks for an object inside other pictures, not for the same picture.
+                picture = self._query_picture(data, encoder) if box is None else None
                 return self.search_vectors(
-                    vector[None, :], k, rerank, index, params, allowed_ids=allowed_ids
+                    vector[None, :], k, rerank, index, params, allowed_ids=allowed_ids, pictures=[picture]
                 )[0]
         raise ServiceBusyError("the collection is switching to another encoder: retry in a moment")
+
+    def _query_picture(self, data: bytes, encoder: ImageEncoder) -> PILImage | None:
+        if not self.verification.active:
+            return None
+        return decode_or_raise(data, max_side=encoder.max_side, max_pixels=self.settings.max_pixels).image
 
     def count(self) -> int:
         with self.sessions() as session:

@@ -1,49 +1,76 @@
-"""Near-duplicates: images whose stored descriptors are at least `threshold` similar (cosine).
+"""Near-duplicates: the images that geometric verification says are the same picture as a stored one.
 
-Near-duplicates are the same photo re-saved, resized, cropped a little, brightened or framed; their
-descriptors stay far closer to each other than those of two different photos, even of the same scene. The
-comparison is on the stored vectors, never re-ranked: query expansion and DBA pull in neighbours by design,
-which is right for "similar" and wrong for "the same". The default threshold (setting duplicate_threshold)
-is measured by bench/duplicates.py for the default encoder (README, "Near-duplicates"); another encoder
-needs its own measurement.
+The same decision as the `match` field of search results (app/services/verification.py): among an image's
+nearest stored neighbours by plain cosine (never re-ranked: query expansion and DBA pull in neighbours by
+design, which is right for "similar" and wrong for "the same"), those at least `threshold` similar whose
+local features match under one geometric transform with P(same) >= 0.5. The cosine threshold only bounds
+the candidates; verification decides (README, "Near-duplicates").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from sqlalchemy import select
 
 from app.db.tables import Image
 from app.errors import NotFoundError
 from app.services.collection import Collection, Hit
+from app.services.verification import QueryFeatures, probability, verify
+from models.local_features import LocalFeatures
 
 __all__ = ["duplicate_groups", "duplicates_of"]
+
 
 _CHUNK = 1024
 
 
 def duplicates_of(collection: Collection, image_id: int, threshold: float) -> list[Hit]:
-    """The other images at least `threshold` similar to image_id, most similar first."""
+    """The other images that are the same picture as image_id, most likely first."""
     collection.catch_up()
     collection.get(image_id)  # NotFoundError for an unknown id
     try:
         vector = collection.index.reconstruct(image_id)
     except KeyError:
         raise NotFoundError(f"image {image_id} is not in the index yet; retry in a moment") from None
-    [(scores, ids)] = collection.index.range_search(vector, threshold)
-    keep = ids != image_id
-    rows = _rows(collection, ids[keep].tolist())
+    found = _verified(collection, image_id, vector, threshold)
+    rows = _rows(collection, [i for i, _, _ in found])
     return [
-        Hit(rows[int(i)], float(s)) for s, i in zip(scores[keep], ids[keep], strict=True) if int(i) in rows
+        Hit(rows[i], score, count, float(probability(count, score))) for i, score, count in found if i in rows
     ]
 
 
-def duplicate_groups(collection: Collection, threshold: float) -> list[list[Image]]:
-    """The collection's groups of near-duplicates (connected components of the >= threshold graph).
+def _verified(
+    collection: Collection, image_id: int, vector: np.ndarray, threshold: float
+) -> list[tuple[int, float, int]]:
+    """(id, cosine, inliers) of the neighbours verified as the same picture, most inliers first."""
+    depth = max(1, collection.verification.candidates) + 1
+    scores, ids = collection.index.search(vector[None, :].astype(np.float32), depth)
+    keep = (ids[0] >= 0) & (ids[0] != image_id) & (scores[0] >= threshold)
+    candidates, cosines = ids[0][keep], scores[0][keep]
+    if not len(candidates):
+        return []
+    picture = collection.local_features(image_id)
+    if picture is None:
+        picture = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+    own = collection.picture_of(image_id)  # for the mirrored features, only if needed
+    query = QueryFeatures(image=own, plain=picture) if own is not None else QueryFeatures(plain=picture)
+    counts = verify(query, [collection.local_features(int(i)) for i in candidates])
+    same = probability(counts, cosines) >= 0.5
+    out = [
+        (int(i), float(s), int(n))
+        for i, s, n, ok in zip(candidates, cosines, counts, same, strict=True)
+        if ok
+    ]
+    return sorted(out, key=lambda item: (-item[2], -item[1]))
 
-    Groups of two or more, the largest first, each in id order. Every stored vector is range-searched
-    against the whole index, so the cost grows with the square of the collection's size.
+
+def duplicate_groups(collection: Collection, threshold: float) -> list[list[Image]]:
+    """The collection's groups of near-duplicates (connected components of the "same picture" graph).
+
+    Groups of two or more, the largest first, each in id order. Every image is verified against its
+    nearest neighbours, so the cost is one local-feature extraction per image and a few matches each.
     """
     collection.catch_up()
     ids = collection.index.ids()
@@ -57,10 +84,12 @@ def duplicate_groups(collection: Collection, threshold: float) -> list[list[Imag
 
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        found = collection.index.range_search(collection.index.reconstruct_batch(chunk), threshold)
-        for image_id, (_, neighbours) in zip(chunk.tolist(), found, strict=True):
-            for other in neighbours.tolist():
-                a, b = root(image_id), root(int(other))
+        vectors = collection.index.reconstruct_batch(chunk)
+        for image_id, vector in zip(chunk.tolist(), vectors, strict=True):
+            for other, _, _ in _verified(collection, int(image_id), vector, threshold):
+                if other not in parent:
+                    continue
+                a, b = root(int(image_id)), root(other)
                 if a != b:
                     parent[max(a, b)] = min(a, b)
     members: dict[int, list[int]] = {}

@@ -7,10 +7,11 @@ changes the stored vectors: DBA is computed here, at query time, for the shortli
 cached until the index changes. So both can be switched per request and the index stays what the encoder made.
 
 This is the one ranking function of the product: `POST /search`, `cbir search` and `cbir evaluate` all call
-``rank``, so what evaluation measures is what the service answers. Its answer for any k is a prefix of one
-ranking, whatever k is: the first ``shortlist`` candidates re-ordered, then (only when k asks for more) the
-rest in the order of the (expanded) query's plain scores. So P@10 measured over a full ranking is exactly
-what a client asking for 10 gets.
+``rank``, so what evaluation measures is what the service answers. For any k up to ``shortlist`` (every
+request: k <= 100 <= shortlist) its answer is a prefix of one ranking: the first ``shortlist`` candidates
+re-ordered by one score. A larger k (an evaluation ranking the whole collection) re-orders all k candidates
+the same way. Scores are the cosines the results are sorted by, never clipped: they do not increase down a
+row because the row is sorted by them.
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ def rank(
 
     ``exclude[i]`` is an id that query i must neither find nor be helped by (leave-one-out evaluation).
     Scores of re-ordered results are cosines between the expanded query and the augmented stored vector
-    (plain cosines with re-ranking off); an exact copy of the query comes first and scores 1. Scores never
-    increase down a row.
+    (plain cosines with re-ranking off); an exact copy of the query comes first and scores 1. Each row is
+    sorted by its scores (so they never increase down a row).
     Queries are processed together, so a batch costs a few FAISS calls, not a few per query.
     """
     queries = np.asarray(queries, dtype=np.float32)
@@ -203,8 +204,10 @@ def rank(
         scores[:, :width], ids[:, :width] = plain_scores, plain_ids
         return scores, ids
     cache = cache if cache is not None else NeighbourCache()
-    for start in range(0, len(queries), _CHUNK):
-        part = slice(start, start + _CHUNK)
+    # Bound the (queries, depth, dim) working set whatever the depth.
+    chunk = max(1, _CHUNK * options.shortlist // max(options.shortlist, k))
+    for start in range(0, len(queries), chunk):
+        part = slice(start, start + chunk)
         scores[part], ids[part] = _rerank(
             index, queries[part], k, options, cache, excluded[part], params, allowed_ids
         )
@@ -223,7 +226,9 @@ def _rerank(
 ) -> tuple[np.ndarray, np.ndarray]:
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
-    depth = options.shortlist
+    # k beyond the shortlist (an evaluation ranking the whole collection) re-orders all k: one score, one
+    # sort, rather than re-ordered results followed by plainly ordered ones on another scale.
+    depth = max(options.shortlist, k)
 
     def describe(candidates: np.ndarray) -> np.ndarray:
         """(Q, depth, dim) vectors that candidates are scored by (zeros where a row has fewer)."""
@@ -270,17 +275,7 @@ def _rerank(
         )
     width = min(k, ranked_ids.shape[1])
     scores[:, :width], ids[:, :width] = ranked_scores[:, :width], ranked_ids[:, :width]
-    if k > depth:
-        # Beyond the shortlist: the plain order of the (expanded) query, after everything re-ordered.
-        tail_scores, tail_ids = _search(index, queries, k + depth, excluded, params, allowed_ids)
-        for row in range(len(queries)):
-            done = ranked_ids[row][ranked_ids[row] >= 0]
-            fresh = ~np.isin(tail_ids[row], done) & (tail_ids[row] >= 0)
-            extra = tail_ids[row][fresh][: k - len(done)]
-            ids[row, len(done) : len(done) + len(extra)] = extra
-            scores[row, len(done) : len(done) + len(extra)] = tail_scores[row][fresh][: len(extra)]
-    # Scores never increase down the list, whatever re-ordering (and the shortlist's end) did to them.
-    return np.minimum.accumulate(scores, axis=1), ids
+    return scores, ids
 
 
 def _stored(index: VectorIndex, ids: np.ndarray) -> np.ndarray:

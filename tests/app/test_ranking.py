@@ -44,7 +44,11 @@ def encoder() -> Encoder:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[int, int]]]:
     """A collection of N distinct pictures; returns the client and seed -> image id."""
-    settings = tiny_settings(tmp_path_factory.mktemp("ranking"), backbone="cell_stats")
+    # Geometric verification off: these tests check the cosine ranking and re-ranking themselves (a verified
+    # hit's score blends in P(same); tests/app/services/test_verification.py covers that).
+    settings = tiny_settings(tmp_path_factory.mktemp("ranking"), backbone="cell_stats").model_copy(
+        update={"verify_candidates": 0}
+    )
     with TestClient(create_app(settings)) as client:
         ids = {}
         for seed in range(N):

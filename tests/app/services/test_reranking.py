@@ -83,15 +83,19 @@ def test_leaving_a_query_out_equals_a_database_without_it(vectors: np.ndarray) -
         assert query_id not in ids
 
 
-def test_every_k_is_a_prefix_of_one_ranking(vectors: np.ndarray) -> None:
-    """So P@10 measured over a full ranking is what a client asking for 10 results gets."""
+def test_every_k_up_to_the_shortlist_is_a_prefix_of_one_ranking(vectors: np.ndarray) -> None:
+    """Every request (k <= 100 <= shortlist) gets a prefix of one ranking; a larger k re-orders all k."""
     index = index_of(vectors)
     options = RerankOptions(query_expansion=3, database_augmentation=3, alpha=3.0, shortlist=15)
-    _, everything = rank(index, vectors[:4], N, options)
-    for k in (1, 10, 15, 16, 40):
+    _, shortlist = rank(index, vectors[:4], 15, options)
+    for k in (1, 10, 15):
         _, ids = rank(index, vectors[:4], k, options)
-        np.testing.assert_array_equal(ids, everything[:, :k])
+        np.testing.assert_array_equal(ids, shortlist[:, :k])
+    scores, everything = rank(index, vectors[:4], N, options)
+    _, deeper = rank(index, vectors[:4], N, RerankOptions(3, 3, 3.0, shortlist=N))
+    np.testing.assert_array_equal(everything, deeper)
     assert all(len(set(row.tolist())) == N for row in everything)
+    assert (np.diff(scores, axis=1) <= 0).all()  # sorted by its scores, beyond the shortlist too
 
 
 def test_the_cache_follows_changes_of_the_index(vectors: np.ndarray) -> None:
