@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -180,8 +181,16 @@ class MilvusStore:
         self._bump()
 
     def flush(self) -> None:
-        """Seal the growing segment so its vectors are searched through the HNSW index."""
+        """Seal the growing segment and wait (up to the timeout) until its HNSW index is built: until then
+        Milvus searches the segment by brute force (bench/ann.py at 20,000 1280-d vectors: p50 194 ms right
+        after the flush, 12 ms once indexed)."""
         self._call(lambda: self._client.flush(self.collection, timeout=self._timeout))
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            info = self._call(lambda: self._client.describe_index(self.collection, "vector"))
+            if not int(info.get("pending_index_rows", 0) or 0):
+                return
+            time.sleep(0.05)
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()})
