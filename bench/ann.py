@@ -226,9 +226,9 @@ def measure_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri
     """The milvus store on the same vectors: build through its add, then recall and latency per ef."""
     n, dim = base.shape
     print(f"\nmilvus: HNSW M=16 efConstruction=200 at {uri} on {n:,} vectors", file=sys.stderr)
-    store = build_store("milvus", dim=dim, fingerprint="bench", uri=uri, collection="bench_ann")
-    store.drop()  # type: ignore[attr-defined]
-    store = build_store("milvus", dim=dim, fingerprint="bench", uri=uri, collection="bench_ann")
+    # A new collection per run (Milvus Lite cannot re-create a collection it dropped in the same process).
+    name = f"bench_ann_{os.getpid()}_{n}"
+    store = build_store("milvus", dim=dim, fingerprint="bench", uri=uri, collection=name)
     tick = time.perf_counter()
     for ids, part in batches(base, 20000):
         store.add(ids, part)
@@ -252,6 +252,7 @@ def measure_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri
             f"  ef={ef:<11} recall@10 {recall:.4f}  p50 {row['p50_ms']:7.3f} ms  p99 {row['p99_ms']:7.3f} ms",
             file=sys.stderr,
         )
+    store.drop()  # type: ignore[attr-defined]
     default = next(row for row in rows if row["setting"] == "ef=64")  # the store's default ef
     return {
         **{key: default[key] for key in ("recall@10", "p50_ms", "p99_ms")},

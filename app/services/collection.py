@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from PIL.Image import Image as PILImage
@@ -28,7 +28,7 @@ from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from app.errors import CollectionMismatchError, InvalidRequestError, NotFoundError
 from app.observability import NO_METER, InferenceMeter
-from app.services import following, stores
+from app.services import following, index_file, stores
 from app.services.decoding import Prepared, Storable, decode_or_raise, sha256_of
 from app.services.gate import InferenceGate, ServiceBusyError
 from app.services.index_build import build_from_rows, index_file_lock, spec_for_collection
@@ -44,7 +44,7 @@ from app.services.versions import (
     settings_for,
 )
 from app.storage import FileStore
-from index import AUTO, IndexFileError, IndexMismatchError, SearchParams, VectorIndex, VectorIndexError
+from index import SearchParams, VectorIndex, VectorIndexError
 from models import Encoder, ImageEncoder
 
 __all__ = ["Added", "Collection", "Hit", "require_collection"]
@@ -128,7 +128,7 @@ class Collection:
         # Search-time defaults of the settings (None: the index's own); requests may override them.
         self.search_params = SearchParams(settings.nprobe, settings.ef_search)
         index.search_threads = settings.search_threads
-        self._file_stamp = _stamp(settings.index_path)  # see _follow_rebuild
+        self._file_stamp = index_file.stamp(settings.index_path)  # see _follow_rebuild
         self._picking_up: threading.Thread | None = None
         self._follow_lock = threading.Lock()  # one request thread at a time looks at the file
 
@@ -165,7 +165,7 @@ class Collection:
                 f"the collection uses encoder '{active.fingerprint}' ({active.describe()}); the service is "
                 f"configured with '{encoder.fingerprint}': {REINDEX_HINT}, or configure the collection's one"
             )
-        index, rebuilt = _open_index(settings, engine, encoder)
+        index, rebuilt = index_file.open_index(settings, engine, encoder)
         collection = cls(settings, encoder, engine, index)
         collection.reconcile()
         if rebuilt:
@@ -301,11 +301,11 @@ class Collection:
             if self._picking_up is not None and self._picking_up.is_alive():
                 return
             path = self.settings.index_path
-            stamp = _stamp(path)
+            stamp = index_file.stamp(path)
             if stamp == self._file_stamp:
                 return
             self._file_stamp = stamp
-            build = _build_on_disk(path, self.encoder.fingerprint)
+            build = index_file.build_on_disk(path, self.encoder.fingerprint)
             if build is None or build == self.index.build_id:
                 return
             self._picking_up = threading.Thread(
@@ -620,14 +620,14 @@ class Collection:
                 return  # `cbir reindex` switched the collection: the index file is the new encoder's now
             path = self.settings.index_path
             with index_file_lock(path):
-                on_disk = _build_on_disk(path, self.index.fingerprint)
+                on_disk = index_file.build_on_disk(path, self.index.fingerprint)
                 if on_disk is not None and on_disk != self.index.build_id and not new_build:
                     # Another process built a new index (`cbir index-build`): it wins; this process picks it
                     # up (see _follow_rebuild) and replays its own rows into it from the database.
                     log.info("index file holds another build (%s): not overwriting it", on_disk)
                     return
                 self.index.save(path)
-                self._file_stamp = _stamp(path)
+                self._file_stamp = index_file.stamp(path)
 
     # -- reading -----------------------------------------------------------------------------------------
     def get(self, image_id: int) -> Image:
@@ -771,7 +771,7 @@ class Collection:
             "indexed": self.index.ntotal,
             "dimension": self.encoder.dim,
             "encoder": self.encoder.fingerprint,
-            "index_type": f"{_describe(self.index)} (inner product)",
+            "index_type": f"{index_file.describe(self.index)} (inner product)",
             "device": str(self.encoder.device),
             "runtime": self.encoder.describe().get("runtime", "torch"),
             # HNSW keeps deleted images' vectors (and graph nodes) until `cbir index-build` rebuilds it.
@@ -790,83 +790,3 @@ def _check_rows_encoder(engine: Engine, fingerprint: str) -> None:
             f"the collection holds images embedded by another encoder ({found}); the service is configured "
             f"with '{fingerprint}': {REINDEX_HINT}, or configure the encoder the collection was built with"
         )
-
-
-def _open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tuple[VectorIndex, bool]:
-    """The collection's index and whether it was (re)built here, from the rows, and so needs saving.
-
-    Rebuilt when there is no file (a new collection, or a deleted file), when the file is unusable or of
-    another encoder (the database holds this encoder's vectors), and when CBIR_INDEX_TYPE names another type
-    than the file's. With ``auto``, a file whose type differs from what the collection's size now calls for
-    is kept (its searches are still right) and the log says to run `cbir index-build`: a rebuild of millions
-    of vectors takes minutes, which a service start should not spend unasked.
-    """
-    path, dim, fingerprint = settings.index_path, encoder.dim, encoder.fingerprint
-    if settings.vector_store == "milvus":
-        # A shared store: open() reconciles it with the rows like a file. The collection drives it through
-        # the VectorIndex methods that both have (add, remove, search, ids, reconstruct_batch, ntotal).
-        return cast(VectorIndex, stores.open_milvus(settings, dim, fingerprint)), False
-
-    def rebuild(reason: str | None) -> tuple[VectorIndex, bool]:
-        if reason:
-            log.warning("%s: rebuilding the index from the vectors stored in the database", reason)
-        index = build_from_rows(
-            make_session_factory(engine), fingerprint, dim, lambda n: spec_for_collection(settings, n, dim)
-        )
-        return index, True
-
-    if not path.exists():
-        return rebuild(None)
-    try:
-        index = VectorIndex.load(path, dim=dim, fingerprint=fingerprint)
-    except IndexMismatchError as exc:
-        if not _has_rows(engine, fingerprint):
-            raise CollectionMismatchError(str(exc)) from exc
-        # The rows are this encoder's: the file is one that a process still on the previous encoder
-        # saved after `cbir reindex` switched the collection. The database is the source of truth.
-        return rebuild(f"{exc}; but the database holds this encoder's vectors")
-    except IndexFileError as exc:
-        return rebuild(str(exc))
-    wanted = spec_for_collection(settings, index.ntotal, dim)
-    if wanted.type != index.spec.type:
-        if settings.index_type != AUTO:
-            return rebuild(
-                f"index at {path} is {index.spec.describe()} but CBIR_INDEX_TYPE={settings.index_type}"
-            )
-        log.warning(
-            "index at %s is %s; for %d vectors the automatic choice is %s: run `cbir index-build` to switch "
-            "(searches stay correct meanwhile)",
-            path,
-            index.spec.describe(),
-            index.ntotal,
-            wanted.type,
-        )
-    return index, False
-
-
-def _describe(index: VectorIndex) -> str:
-    describe = getattr(index, "describe", None)  # a shared store describes itself (index/milvus.py)
-    return str(describe()) if callable(describe) else index.spec.describe()
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is replaced (inode, mtime, size); None when there is none."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _build_on_disk(path: Path, fingerprint: str) -> str | None:
-    """The build id of the index file if it is this encoder's and readable; None otherwise."""
-    try:
-        header = VectorIndex.read_header(path)
-    except VectorIndexError:
-        return None
-    return str(header["build_id"]) if header["fingerprint"] == fingerprint else None
-
-
-def _has_rows(engine: Engine, fingerprint: str) -> bool:
-    with Session(engine) as session:
-        return session.scalar(select(Image.id).where(Image.encoder == fingerprint).limit(1)) is not None

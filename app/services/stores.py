@@ -2,7 +2,7 @@
 
 ``faiss`` stays where it was (app/services/collection.py opens, follows and saves its file). ``milvus`` is
 opened here with the settings' URI and collection name, and rebuilt from the database's rows by
-`cbir index-build` (drop, create, insert in batches, flush: the HNSW index is built on the sealed
+`cbir index-build` (clear, insert in batches, flush: the HNSW index is built on the sealed
 segments). Each replica opens the same Milvus collection: a write that reaches it is visible to every
 replica's next search (Strong consistency), and the change feed still tells each one what changed.
 """
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.services.index_build import row_batches
-from index import VectorIndex, build_store
+from index import StoreUnavailableError, VectorIndex, VectorIndexError, build_store
 from index.milvus import MilvusStore
 
 __all__ = ["is_shared", "open_milvus", "rebuild_milvus"]
@@ -47,14 +47,17 @@ def rebuild_milvus(
     on_progress: Callable[[int, int], None] | None = None,
     total: int = 0,
 ) -> MilvusStore:
-    """Drop the Milvus collection and fill it again from the encoder's rows; returns the new store."""
+    """Empty the Milvus collection and fill it again from the encoder's rows; returns the store."""
     try:
-        open_milvus(settings, dim, fingerprint).drop()
-    except Exception:
+        store = open_milvus(settings, dim, fingerprint)
+        store.clear()
+    except StoreUnavailableError:
+        raise
+    except VectorIndexError:  # another encoder's (or dimension's) collection: drop it by name, create anew
         from pymilvus import MilvusClient
 
         MilvusClient(uri=settings.milvus_target).drop_collection(settings.milvus_collection)
-    store = open_milvus(settings, dim, fingerprint)
+        store = open_milvus(settings, dim, fingerprint)
     done = 0
     for ids, vectors in row_batches(sessions, fingerprint, dim):
         store.add(ids, vectors)
