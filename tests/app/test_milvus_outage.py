@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.servers import milvus_lite, poll
 from tests.helpers.images import image_bytes
+from tests.helpers.servers import milvus_lite, poll
 from tests.helpers.settings import tiny_settings
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,8 @@ from app.db.changes import UPDATE, record_change
 from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from index import available_stores
-from tests.app.servers import cbir_serve, milvus_lite, tiny_env
 from tests.helpers.images import image_bytes
+from tests.helpers.servers import cbir_serve, milvus_lite, tiny_env
 
 pytestmark = pytest.mark.slow
 
