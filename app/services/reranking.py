@@ -307,7 +307,7 @@ def _search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain top `depth` of every query, each without its excluded id; (Q, ≤ depth), padded with -1."""
     extra = int(any(e is not None for e in excluded))
-    found_scores, found_ids = index.search(queries, depth + extra, allowed_ids, params)
+    found_scores, found_ids = index.search(queries, depth + extra, params, allowed_ids=allowed_ids)
     width = min(depth, found_ids.shape[1])
     scores = np.full((len(queries), width), -np.inf, np.float32)
     ids = np.full((len(queries), width), -1, np.int64)
