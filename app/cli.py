@@ -1307,9 +1307,10 @@ def denoise(
         console.print(f"wrote {out} ({model.config.input_size} px, {model.fingerprint})", highlight=False)
 
 
-from app.cli_images import images_app  # noqa: E402 (it uses the options above)
+if __name__ != "__main__":  # run as `python -m app.cli`, the module imported below registers them
+    from app.cli_images import images_app  # it uses the options above
 
-app.add_typer(images_app, name="images")
+    app.add_typer(images_app, name="images")
 
 
 def main() -> None:
@@ -1317,4 +1318,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from app.cli import main as imported_main  # app.cli as a module: its command groups all registered
+
+    imported_main()

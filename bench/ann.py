@@ -159,7 +159,7 @@ def latencies_ms(
     out = np.empty(len(queries))
     for i, query in enumerate(queries):
         tick = time.perf_counter()
-        index.search(query, K, params=params)
+        index.search(query, K, params)
         out[i] = (time.perf_counter() - tick) * 1000
     return out
 
@@ -191,7 +191,7 @@ def measure(
         settings = [(f"efSearch={e}", SearchParams(ef_search=e)) for e in SWEEPS[kind]]
     for label, params in settings:
         index.search_threads = None  # all cores for the batched recall measurement
-        _, found = index.search(queries, K, params=params)
+        _, found = index.search(queries, K, params)
         recall = recall_at_k(found, truth)
         index.search_threads = threads
         timed = queries[:flat_queries] if kind == "flat" else queries

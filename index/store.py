@@ -308,8 +308,9 @@ class VectorIndex:
         self,
         queries: np.ndarray,
         k: int,
-        allowed_ids: np.ndarray | Sequence[int] | None = None,
         params: SearchParams | None = None,
+        *,
+        allowed_ids: np.ndarray | Sequence[int] | None = None,
     ) -> tuple[Float32Array, Int64Array]:
         """Top-k by inner product (cosine similarity for the L2-normalised vectors the encoders produce).
 

@@ -73,7 +73,10 @@ def test_train_index_search_denoise_and_switch_back(
     found = invoke(env, "search", str(query), "--json", "-k", "24", "--encoder", f"dae:{model}")
     assert found.exit_code == 0, found.output
     scores = {row["original_name"]: row["score"] for row in json.loads(found.output)}
-    assert scores["4.png"] == pytest.approx(1.0, abs=1e-5) and max(scores.values()) <= scores["4.png"] + 1e-6
+    assert (
+        scores["class1/4.png"] == pytest.approx(1.0, abs=1e-5)
+        and max(scores.values()) <= scores["class1/4.png"] + 1e-6
+    )
     assert fingerprint in invoke(dae_env, "stats").output
 
     out = tmp_path / "rebuilt.png"
@@ -89,7 +92,9 @@ def test_train_index_search_denoise_and_switch_back(
     reindexed = invoke(env, "reindex")
     assert reindexed.exit_code == 0, reindexed.output
     assert "re-embedded 24 images" in reindexed.output
-    assert json.loads(invoke(env, "search", str(query), "--json").output)[0]["original_name"] == "4.png"
+    assert (
+        json.loads(invoke(env, "search", str(query), "--json").output)[0]["original_name"] == "class1/4.png"
+    )
 
 
 def test_denoise_needs_an_autoencoder(env: dict[str, str], photos: Path, tmp_path: Path) -> None:

@@ -109,10 +109,10 @@ def test_search_over_http_finds_the_same_class(server: str, corel_module: Path) 
             )
             assert response.status_code == 200, response.text
             results = response.json()["results"]
-            assert results[0]["original_name"] == photo.name
+            assert results[0]["path"] == f"{folder.name}/{photo.name}"  # as indexed: under its folder
             assert results[0]["score"] > 0.999
             same_class = sum(
-                hit["original_name"].split("_")[:-1] == photo.name.split("_")[:-1] for hit in results
+                Path(hit["path"]).name.split("_")[:-1] == photo.name.split("_")[:-1] for hit in results
             )
             assert same_class >= 8, (photo.name, [hit["original_name"] for hit in results])
 
@@ -194,7 +194,7 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
     found = subprocess.run(
         cbir("search", str(query), "-k", "3", "--json"), env=env, capture_output=True, text=True, timeout=120
     )
-    assert json.loads(found.stdout)[0]["original_name"] == query.name
+    assert Path(json.loads(found.stdout)[0]["path"]).name == query.name
 
 
 def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(

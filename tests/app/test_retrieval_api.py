@@ -143,14 +143,14 @@ def test_cli_fit_then_evaluate_index_search_with_a_box_and_group_duplicates(
         cli, ["search", str(query), "--box", "0,0,96,64", "--qe", "0", "--json"], env=netvlad
     )
     assert found.exit_code == 0, found.output
-    assert json.loads(found.output)[0]["original_name"] == "12.jpg"
+    assert json.loads(found.output)[0]["original_name"] == "c1/12.jpg"  # as indexed: under its class folder
     plain = {**env, "CBIR_DATA_DIR": str(tmp_path / "gap")}  # GAP: the encoder the threshold is measured for
     assert runner.invoke(cli, ["index", str(classes)], env=plain).exit_code == 0
     grouped = runner.invoke(cli, ["duplicates", "--threshold", "0.9999", "--json"], env=plain)
     assert grouped.exit_code == 0, grouped.output
     groups = json.loads(grouped.output)["groups"]
     assert [sorted(image["original_name"] for image in group) for group in groups] == [
-        ["0-copy.jpg", "0.jpg"]
+        ["c0/0-copy.jpg", "c0/0.jpg"]
     ]
     # Fitting without a folder learns from the collection's stored images.
     again = runner.invoke(cli, ["fit", "--head", "netvlad", "--clusters", "2"], env=netvlad)

@@ -53,7 +53,7 @@ def composite(object_photo: Path, background_photo: Path) -> tuple[bytes, tuple[
 
 
 def rank_of(name: str, hits: list[Hit]) -> int | None:
-    names = [hit.image.original_name for hit in hits]
+    names = [Path(hit.image.original_name).name for hit in hits]  # as indexed: class/file
     return names.index(name) + 1 if name in names else None
 
 

@@ -3,14 +3,10 @@ matches what the schema promises (status codes, content types, bodies)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -18,12 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from app.config import Settings
 from app.main import create_app
 from tests.helpers.images import image_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers.server import serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +22,12 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     """A real server (tiny backbone) on a free port, holding a few images so that ids can exist."""
     data_dir = tmp_path_factory.mktemp("schemathesis") / "data"
     app_settings = Settings(data_dir=data_dir, backbone="tiny_random", max_side=64, device="cpu")
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(app_settings), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
     import httpx
 
-    for seed in range(3):
-        httpx.post(f"http://127.0.0.1:{port}/images", files={"file": (f"{seed}.jpg", image_bytes(seed))})
-    yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(create_app(app_settings)) as url:
+        for seed in range(3):
+            httpx.post(f"{url}/images", files={"file": (f"{seed}.jpg", image_bytes(seed))})
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
 def test_the_api_keeps_its_schema(api_schema: schemathesis.BaseSchema) -> None:

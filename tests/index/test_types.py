@@ -50,7 +50,7 @@ def test_each_type_round_trips(kind: str, data: tuple[np.ndarray, np.ndarray], t
     assert np.array_equal(index.ids(), np.sort(ids))
     params = exhaustive(kind, index.spec)
 
-    scores, found = index.search(vectors[:50], 10, params=params)
+    scores, found = index.search(vectors[:50], 10, params)
     exact = (vectors[:50] @ vectors.T).argsort(axis=1)[:, ::-1][:, :10]
     recall = np.mean([len(np.intersect1d(f, ids[e])) / 10 for f, e in zip(found, exact, strict=True)])
     assert recall >= (0.6 if kind == "ivf_pq" else 0.99), recall
@@ -67,7 +67,7 @@ def test_each_type_round_trips(kind: str, data: tuple[np.ndarray, np.ndarray], t
     assert index.remove(np.concatenate([gone, [7]])) == 100
     assert index.remove(gone) == 0, "removing twice is harmless"
     assert index.ntotal == N - 100 and not np.isin(gone, index.ids()).any()
-    _, found = index.search(vectors[:100], 20, params=params)
+    _, found = index.search(vectors[:100], 20, params)
     assert not np.isin(found, gone).any(), "a removed id is never returned"
     with pytest.raises(KeyError):
         index.reconstruct(int(gone[0]))
@@ -76,7 +76,7 @@ def test_each_type_round_trips(kind: str, data: tuple[np.ndarray, np.ndarray], t
 
     index.add(gone[:10], vectors[:10])  # ids freed by a removal can be used again
     assert index.ntotal == N - 90
-    _, found = index.search(vectors[:10], 1, params=params)
+    _, found = index.search(vectors[:10], 1, params)
     if kind != "ivf_pq":
         assert found[:, 0].tolist() == gone[:10].tolist()
 
@@ -88,7 +88,7 @@ def test_each_type_round_trips(kind: str, data: tuple[np.ndarray, np.ndarray], t
     assert loaded.spec == index.spec and loaded.build_id == index.build_id
     assert np.array_equal(loaded.ids(), index.ids())
     np.testing.assert_array_equal(
-        loaded.search(vectors[:30], 10, params=params)[1], index.search(vectors[:30], 10, params=params)[1]
+        loaded.search(vectors[:30], 10, params)[1], index.search(vectors[:30], 10, params)[1]
     )
     np.testing.assert_array_equal(
         loaded.reconstruct_batch(ids[200:210]), index.reconstruct_batch(ids[200:210])
@@ -109,8 +109,8 @@ def test_search_parameters_change_what_an_ivf_looks_at(data: tuple[np.ndarray, n
     ids, vectors = data
     index = built("ivf_flat", vectors, ids)
     assert index.spec.nlist > 4
-    _, narrow = index.search(vectors[:100], 10, params=SearchParams(nprobe=1))
-    _, wide = index.search(vectors[:100], 10, params=SearchParams(nprobe=index.spec.nlist))
+    _, narrow = index.search(vectors[:100], 10, SearchParams(nprobe=1))
+    _, wide = index.search(vectors[:100], 10, SearchParams(nprobe=index.spec.nlist))
     exact = VectorIndex(DIM, FINGERPRINT)
     exact.add(ids, vectors)
     _, truth = exact.search(vectors[:100], 10)
