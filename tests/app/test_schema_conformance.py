@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +17,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from app.config import Settings
 from app.main import create_app
 from tests.helpers.images import image_bytes
+from tests.helpers.waiting import wait_until
 
 
 def _free_port() -> int:
@@ -37,10 +37,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
+    wait_until(lambda: server.started, "the uvicorn server to start", 60, alive=thread.is_alive)
     import httpx
 
     for seed in range(3):
