@@ -108,7 +108,7 @@ def test_reindex_switches_a_served_collection_while_searches_go_on(
         wait_until(
             lambda: encoders[-1] == new,
             f"the server to answer with the new encoder {new}",
-            60,
+            300,  # bounds a hang only: a loaded machine may take minutes
             seen=lambda: encoders[-1],
         )
         stop.set()
@@ -116,7 +116,7 @@ def test_reindex_switches_a_served_collection_while_searches_go_on(
     finally:
         stop.set()
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        server.wait(timeout=120)
 
     assert errors == []
     during = encoders[started:finished]
