@@ -510,9 +510,9 @@ def report(results: list[tuple[Mutant, bool]], seconds: float) -> None:
     for survivor in survivors:
         why = f" -- equivalent: {survivor['equivalent']}" if survivor["equivalent"] else ""
         print(f"survivor: {survivor['module']}: {survivor['mutant']} ({survivor['file']}){why}")
-    counted = [k for m, k in results if m.equivalent is None]
-    ratio = round(sum(counted) / len(counted), 3) if counted else 1.0
-    print(f"{sum(counted)}/{len(counted)} non-equivalent mutants killed in {seconds / 60:.1f} min")
+    verdicts = [killed for m, killed in results if m.equivalent is None]
+    ratio = round(sum(verdicts) / len(verdicts), 3) if verdicts else 1.0
+    print(f"{sum(verdicts)}/{len(verdicts)} non-equivalent mutants killed in {seconds / 60:.1f} min")
     print(json.dumps({"killed_ratio": ratio, "modules": modules, "survivors": survivors}))
 
 
