@@ -29,14 +29,23 @@ def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 
 def parse_metadata(raw: str | None) -> dict[str, Any]:
+    """A JSON object that every database stores and every client reads back unchanged, or a 422 saying why
+    not: Python's json would take NaN and Infinity (stored as null), nesting deep enough to exhaust the
+    stack (a 500), lone surrogates (unserialisable on the way out) and NUL characters (refused by
+    PostgreSQL's JSONB)."""
     if raw is None or not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise InvalidMetadataError(f"metadata is not valid JSON: {exc.msg} at character {exc.pos}") from exc
+    except RecursionError:
+        raise InvalidMetadataError(
+            "metadata is nested too deeply: flatten it (a few levels suffice)"
+        ) from None
     if not isinstance(value, dict):
         raise InvalidMetadataError(f"metadata must be a JSON object, got {type(value).__name__}")
+    _check_strings(value)
     return value
 
 
@@ -66,3 +75,30 @@ def duplicate_answer(
         )
     row = patch_metadata(collection, existing.id, meta, replace=on_duplicate == "replace")
     return UploadOut(id=row.id, duplicate=True, image=ImageOut.from_row(row), metadata_applied=True)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidMetadataError(
+        f"metadata holds {name}, which standard JSON does not allow: send a number or null"
+    )
+
+
+def _check_strings(value: Any) -> None:
+    """Every key and string of `value` must be UTF-8 encodable and free of NUL (iterative: no recursion)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidMetadataError("metadata holds a NUL character (\\u0000): remove it")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidMetadataError(
+                    "metadata holds a lone UTF-16 surrogate (such as \\ud800): send valid Unicode"
+                ) from None

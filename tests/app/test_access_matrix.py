@@ -168,3 +168,14 @@ def test_a_route_without_a_policy_stops_the_app(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(health, "router", APIRouter(routes=[*health.router.routes, *undeclared.routes]))
     with pytest.raises(MissingPolicyError, match="route /undeclared declares no access policy"):
         create_app(tiny_settings(tmp_path))
+
+
+def test_revoking_every_key_opens_the_service_again(tmp_path: Path) -> None:
+    """Keys close the service only while one is active: with the last one revoked it is open as before."""
+    with TestClient(create_app(tiny_settings(tmp_path))) as client:
+        sessions = client.app.state.collection.sessions  # type: ignore[attr-defined]
+        key = create_key(sessions, "only key", Role.admin)
+        upload = {"file": ("a.jpg", image_bytes(1))}
+        assert client.post("/images", files=upload).status_code == 401
+        revoke_key(sessions, key.row.id)
+        assert client.post("/images", files=upload).status_code == 201

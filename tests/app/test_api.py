@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from index import available_stores
+from tests.helpers.hostile import png_header
 from tests.helpers.images import image_bytes
 from tests.helpers.settings import tiny_settings
 
@@ -31,21 +30,6 @@ def upload(client: TestClient, data: bytes, name: str = "a.jpg", **form: str):  
 
 def stored_files(settings: Settings) -> list[Path]:
     return [p for p in settings.images_dir.rglob("*") if p.is_file()] if settings.images_dir.exists() else []
-
-
-def huge_png(width: int, height: int) -> bytes:
-    """A valid PNG header announcing width x height, with a tiny IDAT: a decompression bomb's shape."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_health_and_docs(client: TestClient) -> None:
@@ -171,7 +155,7 @@ def test_bad_images_get_4xx_json_and_write_nothing(client: TestClient, settings:
         "text.jpg": (b"hello, I am not an image\n" * 10, 422),
         "truncated.jpg": (truncated, 422),
         "empty.jpg": (b"", 422),
-        "bomb.png": (huge_png(20000, 20000), 413),
+        "bomb.png": (png_header(20000, 20000), 413),
     }
     for name, (data, status) in cases.items():
         for endpoint in ("/images", "/search"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +61,18 @@ def test_index_skips_non_images_and_duplicates_and_rerun_adds_nothing(
     again = invoke(env, "index", str(folder))
     assert again.exit_code == 0, again.output
     assert "added 0, duplicates 11, skipped 2" in again.output
-    stats = invoke(env, "stats")
-    assert "count" in stats.output
-    assert "│ 10" in stats.output.replace("  ", " ") or " 10 " in stats.output
+    rows = table_rows(invoke(env, "stats").output)
+    assert (rows["count"], rows["indexed"]) == ("10", "10")
+
+
+def table_rows(output: str) -> dict[str, str]:
+    """A printed two-column table as {first cell: second cell}."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│|┃]", line) if cell.strip()]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    return rows
 
 
 def test_search_prints_a_table_and_json(env: dict[str, str], folder: Path) -> None:

@@ -1,25 +1,27 @@
 """End to end on the embedded default (EfficientNet-Lite0, GAP) and real Corel-1K photos: the real `cbir`
-command in subprocesses, a real uvicorn server on a free port, and a bulk job killed halfway."""
+command in subprocesses, a real uvicorn server on a free port, and a bulk job killed halfway. The tests that
+kill processes run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from index import VectorIndex
+from tests.helpers.databases import DATABASES, fresh_database
+from tests.helpers.servers import database_url, row_count
+from tests.helpers.servers import start_server as start_process
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -50,32 +52,23 @@ def corel_module() -> Path:
     return COREL
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def env_for(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "CBIR_DATA_DIR": str(data_dir), "CBIR_DEVICE": "cpu"}
+def env_for(data_dir: Path, db_url: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "CBIR_DATA_DIR": str(data_dir), "CBIR_DEVICE": "cpu"}
+    if db_url:
+        env["CBIR_DATABASE_URL"] = db_url
+    return env
 
 
 def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     """`cbir serve` on a free port, once /health answers 200."""
-    port = free_port()
-    process = subprocess.Popen(cbir("serve", "--port", str(port)), env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        time.sleep(0.3)
-    process.kill()
-    pytest.fail("the server did not become healthy in 120 s")
+    return start_process(cbir("serve"), env)
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The multi-process tests run on SQLite and on a fresh PostgreSQL database."""
+    with fresh_database(request.param) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -136,51 +129,64 @@ def test_upload_and_file_round_trip_over_http(server: str, corel_module: Path) -
     assert httpx.get(f"{server}/images/{image['id']}").status_code == 404
 
 
-def db_count(database: Path) -> int:
-    try:
-        with sqlite3.connect(database, timeout=1) as connection:
-            return int(connection.execute("SELECT count(*) FROM images").fetchone()[0])
-    except sqlite3.OperationalError:  # not created yet, or mid-migration
-        return 0
+# Where the ten kills of the bulk job land, each a state of the job seen from outside (no random sleep): a
+# process that has not imported anything yet, one whose database exists but holds no image (start-up,
+# migrations, the first batches being decoded and embedded), then just after a commit has become visible
+# (the job is between that commit and its index save, or embedding the next batch), at growing counts.
+KILL_POINTS = ["at once", "database created", *(f"rows>={n}" for n in (1, 16, 17, 40, 64, 90, 120, 150))]
+
+
+def wait_for_kill_point(point: str, process: subprocess.Popen[bytes], url: str) -> None:
+    alive = lambda: process.poll() is None  # noqa: E731
+    if point == "at once":
+        return
+    if point == "database created":
+        wait_until(
+            lambda: row_count(url, "alembic_version") > 0, "the job to create its database", alive=alive
+        )
+        return
+    target = int(point.removeprefix("rows>="))
+    wait_until(
+        lambda: row_count(url) >= target,
+        f"the job to commit {target} images",
+        300,
+        alive=alive,
+        seen=lambda: row_count(url),
+    )
 
 
 def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
-    subset: Path, tmp_path: Path
+    subset: Path, tmp_path: Path, db_url: str | None
 ) -> None:
-    """SIGKILL at ten random moments, then a rerun. Three kills land early (start-up, migrations, first
-    batches) after a random delay; seven land after a random number of further commits, so they fall
-    among decoding, inference, commits and index saves whatever the machine's speed."""
+    """SIGKILL at ten chosen points of the job (KILL_POINTS), then a rerun: every photo stored once, with
+    its file and its vector, whatever was in flight at each kill."""
     data_dir = tmp_path / "data"
-    database = data_dir / "cbir.db"
-    env = {**env_for(data_dir), "CBIR_COMMIT_EVERY": "16"}
-    rng = random.Random(20261123)
+    url = database_url(data_dir, db_url)
+    env = {**env_for(data_dir, db_url), "CBIR_COMMIT_EVERY": "16"}
     counts = []
-    for round_ in range(10):
-        before = db_count(database)
+    for point in KILL_POINTS:
+        before = row_count(url)
         process = subprocess.Popen(
             cbir("index", str(subset)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        if round_ < 3:
-            time.sleep(rng.uniform(0.2, 3.0))
-        else:
-            target = before + rng.randint(1, 20)
-            deadline = time.monotonic() + 180
-            while db_count(database) < target and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
-        assert process.poll() is None, "the job finished before it could be killed; raise PER_CLASS"
+        if point.startswith("rows>=") and int(point.removeprefix("rows>=")) <= before:
+            point = f"rows>={before + 1}"  # this run must commit something of its own before the kill
+        wait_for_kill_point(point, process, url)
+        assert process.poll() is None, f"the job finished before the kill point {point!r}; raise PER_CLASS"
         process.kill()
         process.wait()
-        counts.append(db_count(database))
+        counts.append(row_count(url))
     assert counts[-1] < 10 * PER_CLASS, counts
-    assert any(c > 0 for c in counts), counts
+    assert counts[-1] >= 150, counts  # the last kill came after 150 rows were seen committed
 
     rerun = subprocess.run(cbir("index", str(subset)), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert f"added {10 * PER_CLASS - counts[-1]}, duplicates {counts[-1]}, skipped 0" in rerun.stdout
-    with sqlite3.connect(database) as connection:
-        rows = connection.execute("SELECT id, sha256, source_path FROM images ORDER BY id").fetchall()
-        fingerprint = connection.execute("SELECT DISTINCT encoder FROM images").fetchone()[0]
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, sha256, source_path FROM images ORDER BY id")).all()
+        fingerprint = connection.execute(text("SELECT DISTINCT encoder FROM images")).scalar_one()
+    engine.dispose()
     ids = [row[0] for row in rows]
     assert len(ids) == 10 * PER_CLASS
     assert len({row[1] for row in rows}) == len(rows)
@@ -198,10 +204,10 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
 
 
 def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(
-    subset: Path, tmp_path: Path
+    subset: Path, tmp_path: Path, db_url: str | None
 ) -> None:
     data_dir = tmp_path / "data"
-    env = env_for(data_dir)
+    env = env_for(data_dir, db_url)
     photos = sorted(subset.rglob("*.jpg"))[::3][:60]
     process, url = start_server(env)
     acknowledged: dict[str, int] = {}
@@ -222,9 +228,9 @@ def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(
     threads = [threading.Thread(target=uploader, args=(photos[i::3],)) for i in range(3)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 300
-    while len(acknowledged) < 12 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(
+        lambda: len(acknowledged) >= 12, "12 uploads to be acknowledged", 300, seen=lambda: acknowledged
+    )
     process.kill()  # SIGKILL with uploads in flight
     stop.set()
     for thread in threads:
@@ -238,12 +244,9 @@ def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(
         assert stats["count"] == stats["indexed"] >= len(acknowledged)
         for name, image_id in acknowledged.items():
             assert httpx.get(f"{url}/images/{image_id}").json()["original_name"] == name
-        probe = subset / "elephants" / next(iter(n for n in acknowledged if n.startswith("elephants")), "")
-        if probe.is_file():
-            hits = httpx.post(f"{url}/search", files={"file": ("q.jpg", probe.read_bytes())}).json()[
-                "results"
-            ]
-            assert hits[0]["id"] == acknowledged[probe.name]
+        for probe in [photo for photo in photos if photo.name in acknowledged][:3]:  # found, and first
+            hits = httpx.post(f"{url}/search", files={"file": ("q.jpg", probe.read_bytes())}, timeout=60)
+            assert hits.json()["results"][0]["id"] == acknowledged[probe.name]
         for photo in photos:  # everything again: the committed ones are duplicates, the rest new
             response = httpx.post(
                 f"{url}/images", files={"file": (photo.name, photo.read_bytes())}, timeout=60
@@ -257,7 +260,9 @@ def test_server_killed_during_uploads_keeps_every_acknowledged_image_once(
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
-    with sqlite3.connect(data_dir / "cbir.db") as connection:
-        hashes = sorted(row[0] for row in connection.execute("SELECT sha256 FROM images"))
+    engine = create_engine(database_url(data_dir, db_url))
+    with engine.connect() as connection:
+        hashes = sorted(row[0] for row in connection.execute(text("SELECT sha256 FROM images")))
+    engine.dispose()
     stored = sorted(p.name.split(".")[0] for p in (data_dir / "images").rglob("*") if p.is_file())
     assert stored == hashes, "orphan, pending or missing files"

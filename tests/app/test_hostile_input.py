@@ -1,103 +1,27 @@
-"""A corpus of odd and broken files, generated here, sent to the API: each gets its expected status, and
-afterwards the service still answers /health and searches correctly, with nothing written for the refused."""
+"""A corpus of odd and broken files (tests/helpers/hostile.py) sent through every way in: each gets its
+expected status or message, and afterwards the service still answers /health and searches correctly, with
+nothing written for the refused."""
 
 from __future__ import annotations
 
 import io
-import struct
-import zlib
-from collections.abc import Callable
+import json
+from pathlib import Path
 
-import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from typer.testing import CliRunner
 
+from app.cli import app as cli
 from app.config import Settings
 from app.main import create_app
+from tests.helpers.dae import train_tiny
+from tests.helpers.hostile import ACCEPTED, HOSTILE_METADATA, HOSTILE_NAMES, REFUSED
+from tests.helpers.images import image_bytes
+from tests.helpers.settings import cli_env, tiny_settings
 
-WIDTH, HEIGHT = 90, 60
-
-
-def picture(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(3, 4, 3), dtype=np.uint8)
-    return Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-def exif_rotated(seed: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored landscape, shown portrait
-    return encode(picture(seed), "JPEG", exif=exif.tobytes())
-
-
-def animated_gif(seed: int) -> bytes:
-    frames = [picture(seed), picture(seed + 1000)]
-    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-
-
-def palette_with_transparency(seed: int) -> bytes:
-    image = picture(seed).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    return encode(image, "PNG", transparency=0)
-
-
-def sixteen_bit(seed: int) -> bytes:
-    grey = np.asarray(picture(seed).convert("L"), dtype=np.uint16) * 257
-    image = Image.fromarray(grey)
-    assert image.mode == "I;16"
-    return encode(image, "PNG")
-
-
-# name -> (bytes maker, expected (width, height) as stored in the row)
-ACCEPTED: dict[str, tuple[Callable[[int], bytes], tuple[int, int]]] = {
-    "jpeg": (lambda s: encode(picture(s), "JPEG"), (WIDTH, HEIGHT)),
-    "png": (lambda s: encode(picture(s), "PNG"), (WIDTH, HEIGHT)),
-    "webp": (lambda s: encode(picture(s), "WEBP"), (WIDTH, HEIGHT)),
-    "gif-animated": (animated_gif, (WIDTH, HEIGHT)),
-    "bmp": (lambda s: encode(picture(s), "BMP"), (WIDTH, HEIGHT)),
-    "tiff": (lambda s: encode(picture(s), "TIFF"), (WIDTH, HEIGHT)),
-    "tiff-deflate": (lambda s: encode(picture(s), "TIFF", compression="tiff_deflate"), (WIDTH, HEIGHT)),
-    "jpeg-cmyk": (lambda s: encode(picture(s).convert("CMYK"), "JPEG"), (WIDTH, HEIGHT)),
-    "png-palette-transparency": (palette_with_transparency, (WIDTH, HEIGHT)),
-    "png-la": (lambda s: encode(picture(s).convert("LA"), "PNG"), (WIDTH, HEIGHT)),
-    "png-rgba": (lambda s: encode(picture(s).convert("RGBA"), "PNG"), (WIDTH, HEIGHT)),
-    "png-16bit": (sixteen_bit, (WIDTH, HEIGHT)),
-    "png-1bit": (lambda s: encode(picture(s).convert("1"), "PNG"), (WIDTH, HEIGHT)),
-    "jpeg-exif-rotated": (exif_rotated, (HEIGHT, WIDTH)),
-}
-
-REFUSED: dict[str, tuple[bytes, int]] = {
-    "zero-bytes": (b"", 422),
-    "text": (b"just some words, not an image\n" * 20, 422),
-    "html": (b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>", 422),
-    "svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>', 422),
-    "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", 422),
-    "random-bytes": (np.random.default_rng(1).bytes(5000), 422),
-    "png-signature-only": (b"\x89PNG\r\n\x1a\n", 422),
-    "bomb-20000x20000": (png_header(20000, 20000), 413),
-    "bomb-11000x10000": (png_header(11000, 10000), 413),
-}
-for _name, (_make, _) in list(ACCEPTED.items())[:7]:
-    _data = _make(99)
-    REFUSED[f"{_name}-truncated"] = (_data[: len(_data) * 2 // 3], 422)
+runner = CliRunner()
 
 
 def test_every_file_of_the_corpus_gets_its_status(settings: Settings) -> None:
@@ -130,3 +54,93 @@ def test_every_file_of_the_corpus_gets_its_status(settings: Settings) -> None:
                 "results"
             ]
             assert hits[0]["id"] == ids[name], name
+
+
+@pytest.fixture(scope="module")
+def dae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dae") / "tiny.pt"
+    train_tiny(path)
+    return path
+
+
+def test_denoise_refuses_the_corpus_it_cannot_read_and_rebuilds_the_rest(
+    tmp_path: Path, dae_checkpoint: Path
+) -> None:
+    settings = tiny_settings(tmp_path).model_copy(update={"encoder": f"dae:{dae_checkpoint}"})
+    with TestClient(create_app(settings)) as client:
+        for name, (data, status) in REFUSED.items():
+            response = client.post("/denoise", files={"file": (f"{name}.png", data, "image/png")})
+            assert response.status_code == status, (name, response.text)
+            assert set(response.json()) == {"error", "detail"}, name
+        for seed, (name, (make, _)) in enumerate(ACCEPTED.items()):
+            response = client.post("/denoise", files={"file": (name, make(seed))}, data={"noise": "gaussian"})
+            assert response.status_code == 200, (name, response.text)
+            assert response.headers["content-type"] == "image/png"
+            assert Image.open(io.BytesIO(response.content)).size == (16, 16)
+        assert client.get("/health").status_code == 200
+
+
+def corpus_folder(root: Path) -> Path:
+    """The corpus as files, under the names a hostile folder may hold."""
+    root.mkdir(parents=True)
+    for seed, (name, (make, _)) in enumerate(ACCEPTED.items()):
+        (root / f"ok-{name}.jpg").write_bytes(make(seed))
+    for name, (data, _) in REFUSED.items():
+        (root / f"bad-{name}.jpg").write_bytes(data)
+    (root / "ünïcødé ✓ name.png").write_bytes(ACCEPTED["png"][0](500))
+    (root / "-starts-with-dash.jpg").write_bytes(ACCEPTED["jpeg"][0](501))
+    return root
+
+
+def test_cbir_index_adds_the_good_skips_the_bad_naming_each_and_cbir_search_refuses_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    folder = corpus_folder(tmp_path / "corpus")
+    env = cli_env(settings)
+    indexed = runner.invoke(cli, ["index", str(folder)], env=env)
+    assert indexed.exit_code == 0, indexed.output
+    good = len(ACCEPTED) + 2
+    assert f"added {good}, duplicates 0, skipped {len(REFUSED)}" in indexed.output
+    listed = [line for line in indexed.output.splitlines() if "skipped " in line and "/bad-" in line]
+    assert len(listed) == min(20, len(REFUSED))  # the first 20 by name, with the reason, then a count
+    assert all(line.split(": ", 1)[1].strip() for line in listed)
+    if len(REFUSED) > 20:
+        assert f"and {len(REFUSED) - 20} more" in indexed.output
+    assert "Traceback" not in indexed.output
+    assert sum(1 for p in settings.images_dir.rglob("*") if p.is_file()) == good
+    for name in ("bomb-20000x20000", "gif-bomb-11000x10000", "tiff-bomb-20000x20000", "zero-bytes", "svg"):
+        refused = runner.invoke(cli, ["search", str(folder / f"bad-{name}.jpg")], env=env)
+        assert refused.exit_code == 1, (name, refused.output)
+        assert "Traceback" not in refused.output and refused.output.strip(), name
+    found = runner.invoke(cli, ["search", str(folder / "ünïcødé ✓ name.png"), "--json"], env=env)
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.output)[0]["original_name"] == "ünïcødé ✓ name.png"
+
+
+def test_hostile_file_names_are_kept_as_names_only(client: TestClient, settings: Settings) -> None:
+    for seed, name in enumerate(HOSTILE_NAMES):
+        response = client.post("/images", files={"file": (name, image_bytes(seed), "image/jpeg")})
+        assert response.status_code == 201, (name[:40], response.text)
+        assert response.json()["image"]["original_name"] == name[:1024], name[:40]
+        assert client.get(response.json()["image"]["url"]).content == image_bytes(seed)
+    # No file name at all: multipart makes it a text field, which is no file; a name longer than the parser's
+    # header limit: the request is unreadable. Both are told so, in JSON, and nothing is stored.
+    nameless = client.post("/images", files={"file": ("", image_bytes(900), "image/jpeg")})
+    assert nameless.status_code == 422 and "file part named 'file'" in nameless.json()["detail"]
+    endless = client.post("/images", files={"file": ("x" * 100_000, image_bytes(901), "image/jpeg")})
+    assert 400 <= endless.status_code < 500 and set(endless.json()) == {"error", "detail"}
+    files = [p for p in settings.data_dir.parent.rglob("*") if p.is_file() and "images" in p.parts]
+    assert len(files) == len(HOSTILE_NAMES)
+    assert all(settings.images_dir in p.parents for p in files), "a file was written outside images/"
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_METADATA))
+def test_hostile_metadata_is_stored_as_sent_or_refused_by_name(client: TestClient, case: str) -> None:
+    raw, status = HOSTILE_METADATA[case]
+    response = client.post("/images", files={"file": ("m.jpg", image_bytes(700))}, data={"metadata": raw})
+    assert response.status_code == status, (case, response.text[:300])
+    if status == 201:
+        assert response.json()["image"]["metadata"] == json.loads(raw)
+    else:
+        assert response.json()["error"] == "invalid_metadata" and response.json()["detail"], case
+        assert client.get("/stats").json()["count"] == 0

@@ -14,7 +14,7 @@ from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from index import VectorIndex, build_store
 from tests.helpers.images import image_bytes
-from tests.helpers.servers import CBIR, ROOT, milvus_lite, poll, tiny_env
+from tests.helpers.replicas import CBIR, ROOT, milvus_lite, poll, tiny_env
 
 pytestmark = pytest.mark.slow
 

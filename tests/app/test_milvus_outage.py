@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.helpers.images import image_bytes
-from tests.helpers.servers import milvus_lite, poll
+from tests.helpers.replicas import milvus_lite, poll
 from tests.helpers.settings import tiny_settings
 
 pytestmark = pytest.mark.slow

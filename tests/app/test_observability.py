@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from app import observability
 from app.config import Settings
 from app.main import create_app
 from app.observability import JsonFormatter, TextFormatter, request_id_var
@@ -117,9 +118,21 @@ def json_log() -> Iterator[io.StringIO]:
         logger.setLevel(previous)
 
 
+class SteppingClock:
+    """perf_counter that advances a fixed step per call: a request's duration is known exactly."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 1000.0, step
+
+    def perf_counter(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 def test_access_log_is_json_with_the_request_id_route_status_and_duration(
-    client: TestClient, json_log: io.StringIO
+    client: TestClient, json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(observability, "time", SteppingClock(0.25))  # start and end: 250 ms apart
     response = client.get("/images/77", headers={"X-Request-ID": "req-42"})
     assert response.status_code == 404
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
@@ -130,7 +143,7 @@ def test_access_log_is_json_with_the_request_id_route_status_and_duration(
     assert entry["message"] == "GET /images/77 404"
     assert entry["route"] == "/images/{image_id}"
     assert entry["status"] == 404
-    assert entry["duration_ms"] >= 0
+    assert entry["duration_ms"] == 250.0
     assert entry["time"].endswith("+00:00")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.services.duplicates import duplicate_groups
 from models import Encoder, build_encoder
 from tests.helpers.images import encode, image_bytes
 from tests.helpers.settings import tiny_settings
@@ -118,13 +118,29 @@ def test_re_ranked_scores_stay_cosines_in_order_with_the_right_neighbours_on_top
     assert not plain_bottom & {image_id for image_id, _ in hits[:6]}
 
 
-def test_duplicates_are_the_copies_only(service: tuple[TestClient, dict[int, int]], tmp_path: Path) -> None:
+def test_duplicates_are_the_copies_only_and_the_threshold_asked_for_applies(
+    service: tuple[TestClient, dict[int, int]], encoder: Encoder
+) -> None:
     client, ids = service
     copy = client.post("/images", files={"file": ("copy.jpg", resaved(5))})
     assert copy.status_code == 201
+    copy_id = copy.json()["id"]
     try:
         found = client.get(f"/images/{ids[5]}/duplicates").json()["results"]
-        assert [hit["id"] for hit in found] == [copy.json()["id"]]
+        assert [hit["id"] for hit in found] == [copy_id]
         assert 0.98 < found[0]["score"] <= 1 + EPS
+        # A low threshold: every stored picture at least that similar, most similar first.
+        anchor = vector(encoder, image_bytes(5))
+        cosines = {ids[s]: float(vector(encoder, image_bytes(s)) @ anchor) for s in range(N) if s != 5}
+        expected = {image_id for image_id, cosine in cosines.items() if cosine >= 0.3} | {copy_id}
+        loose = client.get(f"/images/{ids[5]}/duplicates", params={"threshold": 0.3}).json()["results"]
+        assert {hit["id"] for hit in loose} == expected and len(expected) > 2
+        scores = [hit["score"] for hit in loose]
+        assert scores == sorted(scores, reverse=True) and min(scores) >= 0.3 - EPS
+        groups = duplicate_groups(client.app.state.collection, 0.95)  # type: ignore[attr-defined]
+        assert [[image.id for image in group] for group in groups] == [[ids[5], copy_id]]
     finally:
-        assert client.delete(f"/images/{copy.json()['id']}").status_code == 200
+        assert client.delete(f"/images/{copy_id}").status_code == 200
+    stats = client.get("/stats").json()
+    assert stats["count"] == stats["indexed"] == N  # the deleted copy left the index too
+    assert len(search(client, image_bytes(5), query_expansion="0")) == N

@@ -22,7 +22,7 @@ from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from index import available_stores
 from tests.helpers.images import image_bytes
-from tests.helpers.servers import cbir_serve, milvus_lite, tiny_env
+from tests.helpers.replicas import cbir_serve, milvus_lite, tiny_env
 
 pytestmark = pytest.mark.slow
 

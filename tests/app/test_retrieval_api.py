@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from app.cli import app as cli
 from app.config import Settings
+from tests.helpers.databases import fresh_database
 from tests.helpers.images import image_bytes
+from tests.helpers.settings import cli_env, tiny_settings
 
 runner = CliRunner()
 
@@ -100,16 +102,6 @@ def test_duplicates_of_an_image(client: TestClient, settings: Settings) -> None:
     assert client.get(f"/images/{first}/duplicates", params={"threshold": 1.5}).status_code == 422
 
 
-def cli_env(settings: Settings) -> dict[str, str]:
-    return {
-        "CBIR_DATA_DIR": str(settings.data_dir),
-        "CBIR_BACKBONE": "tiny_random",
-        "CBIR_MAX_SIDE": "64",
-        "CBIR_BATCH_SIZE": "4",
-        "CBIR_DEVICE": "cpu",
-    }
-
-
 def test_cli_fit_then_evaluate_index_search_with_a_box_and_group_duplicates(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -144,9 +136,11 @@ def test_cli_fit_then_evaluate_index_search_with_a_box_and_group_duplicates(
     )
     assert found.exit_code == 0, found.output
     assert json.loads(found.output)[0]["original_name"] == "c1/12.jpg"  # as indexed: under its class folder
-    plain = {**env, "CBIR_DATA_DIR": str(tmp_path / "gap")}  # GAP: the encoder the threshold is measured for
-    assert runner.invoke(cli, ["index", str(classes)], env=plain).exit_code == 0
-    grouped = runner.invoke(cli, ["duplicates", "--threshold", "0.9999", "--json"], env=plain)
+    # GAP, the encoder the threshold is measured for: a second collection, on a database of its own kind.
+    with fresh_database("postgresql" if settings.database_url else "sqlite") as other:
+        plain = cli_env(tiny_settings(tmp_path / "gap", other))
+        assert runner.invoke(cli, ["index", str(classes)], env=plain).exit_code == 0
+        grouped = runner.invoke(cli, ["duplicates", "--threshold", "0.9999", "--json"], env=plain)
     assert grouped.exit_code == 0, grouped.output
     groups = json.loads(grouped.output)["groups"]
     assert [sorted(image["original_name"] for image in group) for group in groups] == [

@@ -1,30 +1,17 @@
-"""Real processes for the multi-process tests: `cbir serve` replicas and a `milvus-lite server`.
-
-A helper module rather than a conftest, so tests import what they use. Every wait is a poll with a
-deadline (never a sleep that a slow machine could outrun).
-"""
+"""Real `cbir` processes for the multi-process tests: a free port, a server once /health answers, a count of
+the database's rows whichever the database is."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
-ROOT = Path(__file__).resolve().parents[2]
-# `cbir` with the test backbones registered (tests/conftest.py), as a subprocess can run it.
-CBIR = [sys.executable, "-c", "import tests.conftest; from app.cli import main; main()"]
-MILVUS_LITE = Path(sys.executable).with_name("milvus-lite")
-
-_T = TypeVar("_T")
+from tests.helpers.waiting import wait_until
 
 
 def free_port() -> int:
@@ -33,100 +20,50 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def tiny_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a `cbir` process on the tiny random backbone (the code path of any encoder)."""
-    return {
-        **os.environ,
-        "CBIR_DATA_DIR": str(data_dir),
-        "CBIR_BACKBONE": "tiny_random",
-        "CBIR_MAX_SIDE": "64",
-        "CBIR_DEVICE": "cpu",
-        "CBIR_LOG_FORMAT": "text",
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
-def poll(check: Callable[[], _T | None], what: str, deadline_s: float = 60.0) -> _T:
-    """The first truthy value of ``check()``, polled until the deadline; fails naming ``what``."""
-    deadline = time.monotonic() + deadline_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.TransportError, AssertionError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what} (last error: {last})")
-
-
-@contextmanager
-def cbir_serve(env: dict[str, str]) -> Iterator[str]:
-    """`cbir serve` on a free port, yielding its URL once /health answers 200; SIGINT at the end."""
+def start_server(
+    command: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 180.0
+) -> tuple[subprocess.Popen[str], str]:
+    """`command` + `--port N` started, returned once its /health answers 200 (fails saying why not)."""
     port = free_port()
     process = subprocess.Popen(
-        [*CBIR, "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*command, "--port", str(port)], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"`cbir serve` exited: {process.stderr.read() if process.stderr else ''}")
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-
-        poll(healthy, "`cbir serve` to become healthy", 120)
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class MilvusLite:
-    """`milvus-lite server` on a fixed port and data folder, which can be killed and started again."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir, self.port = data_dir, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            [str(MILVUS_LITE), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        wait_until(
+            lambda: healthy(url),
+            f"`cbir serve` to answer /health on {url}",
+            timeout,
+            alive=lambda: process.poll() is None,
         )
-
-        def answers() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        poll(answers, "milvus-lite server to listen", 60)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+    except AssertionError as exc:
+        process.kill()
+        _, stderr = process.communicate(timeout=30)
+        raise AssertionError(f"{exc}; its stderr ends: {stderr[-2000:]}") from None
+    return process, url
 
 
-@contextmanager
-def milvus_lite(data_dir: Path) -> Iterator[MilvusLite]:
-    server = MilvusLite(data_dir)
-    server.start()
+def database_url(data_dir: Path, url: str | None) -> str:
+    """The collection's database: `url` (PostgreSQL), or the SQLite file of `data_dir`."""
+    return url or f"sqlite:///{data_dir / 'cbir.db'}"
+
+
+def row_count(url: str, table: str = "images") -> int:
+    """Rows in `table` now; 0 while the database or the table does not exist yet (start-up, migrations)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return 0  # connecting would create the file before the job does
+    engine = create_engine(url)
     try:
-        yield server
+        with engine.connect() as connection:
+            return int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    except DBAPIError:
+        return 0
     finally:
-        server.kill()
+        engine.dispose()

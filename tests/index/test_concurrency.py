@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from index import VectorIndex
 from tests.helpers.vectors import DIM, FINGERPRINT, unit_vectors
+from tests.helpers.waiting import wait_until
 
 WRITERS = 4
 BATCHES = 25
@@ -102,10 +104,18 @@ def test_snapshot_saved_during_adds_is_self_consistent(tmp_path: Path) -> None:
     stop = threading.Event()
     loads: list[int] = []
 
+    def grew(saves: int) -> bool:
+        return len(loads) > saves
+
     def adder() -> None:
-        for start in range(0, 2000, 10):
-            index.add(np.arange(start, start + 10), vectors[start : start + 10])
-        stop.set()
+        try:
+            for start in range(0, 2000, 10):
+                index.add(np.arange(start, start + 10), vectors[start : start + 10])
+                if start % 400 == 0:  # hand over: a save completes between these adds, whatever the clock
+                    saves = len(loads)
+                    wait_until(partial(grew, saves), "a save and load during the adds", 60)
+        finally:
+            stop.set()
 
     def save_and_load() -> None:
         while not stop.is_set():
@@ -113,5 +123,6 @@ def test_snapshot_saved_during_adds_is_self_consistent(tmp_path: Path) -> None:
             loads.append(len(VectorIndex.load(path, dim=DIM, fingerprint=FINGERPRINT)))
 
     assert _run_threads([adder, save_and_load]) == []
-    assert loads, "at least one save happened during the adds"
+    assert len(loads) >= 5, "saves happened while the adds ran"
     assert loads == sorted(loads), "saves land in snapshot order"
+    assert loads[-1] >= 1610, "a save after the last hand-over holds what was added before it"

@@ -157,3 +157,30 @@ def test_a_header_that_disagrees_with_the_payload_is_a_file_error(
     path.write_bytes(store.MAGIC + struct.pack("<I", len(new)) + new + raw[12 + length :])
     with pytest.raises(IndexFileError, match="index type or parameters"):
         VectorIndex.load(path, dim=DIM, fingerprint=FINGERPRINT)
+
+
+def test_slots_an_ivf_cannot_fill_are_id_minus_one_with_score_minus_infinity(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    ids, vectors = data
+    index = built("ivf_flat", vectors, ids)
+    scores, found = index.search(vectors[:20], N // 2, SearchParams(nprobe=1))  # one cell: too few vectors
+    padded = found < 0
+    assert padded.any() and (~padded).any()
+    assert np.all(scores[padded] == -np.inf) and np.all(np.isfinite(scores[~padded]))
+
+
+def test_range_search_keeps_a_score_equal_to_the_threshold_and_answers_best_first(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    ids, vectors = data
+    index = VectorIndex(DIM, FINGERPRINT)
+    index.add(ids, vectors)
+    scores, found = index.search(vectors[:5], 8)
+    for row in range(5):
+        threshold = float(scores[row, 7])  # exactly the 8th best score
+        [(range_scores, range_ids)] = index.range_search(vectors[row], threshold)
+        assert found[row, 7] in set(range_ids.tolist()), "a score equal to the threshold must be kept"
+        assert set(found[row].tolist()) <= set(range_ids.tolist())
+        assert np.all(range_scores[:-1] >= range_scores[1:]), "range results must come best first"
+        assert range_scores[0] == pytest.approx(1.0, abs=1e-5) and range_ids[0] == ids[row]

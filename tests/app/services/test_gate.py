@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +11,7 @@ from app.config import Settings
 from app.main import create_app
 from app.services.gate import InferenceGate, ServiceBusyError
 from tests.helpers.images import image_bytes
+from tests.helpers.waiting import wait_until
 
 
 def test_bounded_request_is_refused_when_the_queue_is_full() -> None:
@@ -30,9 +30,7 @@ def test_bounded_request_is_refused_when_the_queue_is_full() -> None:
     waiter = threading.Thread(target=lambda: gate.slot().__enter__())  # takes the one waiting place
     waiter.daemon = True
     waiter.start()
-    deadline = time.monotonic() + 5
-    while gate.waiting < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: gate.waiting >= 1, "the second request to wait for the slot", 30)
     assert (gate.running, gate.waiting) == (1, 1)
     with pytest.raises(ServiceBusyError, match="busy"), gate.slot():
         pass

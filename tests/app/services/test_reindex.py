@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -18,19 +16,11 @@ from app.services.reindex import ReindexError, reindex_collection
 from index import VectorIndex
 from tests.helpers.collections import open_collection
 from tests.helpers.images import image_bytes
+from tests.helpers.waiting import wait_until
 
 
 def fill(collection: Collection, seeds: range) -> list[int]:
     return [collection.add_upload(image_bytes(seed), f"{seed}.jpg").image.id for seed in seeds]
-
-
-def wait_for(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def staged_rows(collection: Collection) -> int:
@@ -55,7 +45,11 @@ def test_reindex_switches_and_a_running_service_follows(settings: Settings) -> N
     assert staged_rows(service) == 0
     # The service answers on, and swaps the new encoder in as soon as it has built it.
     assert service.search_image(image_bytes(4), 1)[0].image.id == ids[4]
-    wait_for(lambda: service.search_image(image_bytes(4), 1) and service.encoder.fingerprint == new)
+    wait_until(
+        lambda: service.search_image(image_bytes(4), 1) and service.encoder.fingerprint == new,
+        "the running service to follow the reindex to the new encoder",
+        30,
+    )
     assert service.index.fingerprint == new
     assert service.search_image(image_bytes(4), 1)[0].image.id == ids[4]
     assert service.stats()["encoder"] == new

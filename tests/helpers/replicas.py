@@ -1,0 +1,132 @@
+"""Real processes for the multi-process tests: `cbir serve` replicas and a `milvus-lite server`.
+
+A helper module rather than a conftest, so tests import what they use. Every wait is a poll with a
+deadline (never a sleep that a slow machine could outrun).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+# `cbir` with the test backbones registered (tests/helpers/backbones.py), as a subprocess can run it.
+CBIR = [sys.executable, "-c", "import tests.helpers.backbones; from app.cli import main; main()"]
+MILVUS_LITE = Path(sys.executable).with_name("milvus-lite")
+
+_T = TypeVar("_T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tiny_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `cbir` process on the tiny random backbone (the code path of any encoder)."""
+    return {
+        **os.environ,
+        "CBIR_DATA_DIR": str(data_dir),
+        "CBIR_BACKBONE": "tiny_random",
+        "CBIR_MAX_SIDE": "64",
+        "CBIR_DEVICE": "cpu",
+        "CBIR_LOG_FORMAT": "text",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+def poll(check: Callable[[], _T | None], what: str, deadline_s: float = 60.0) -> _T:
+    """The first truthy value of ``check()``, polled until the deadline; fails naming ``what``."""
+    deadline = time.monotonic() + deadline_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.TransportError, AssertionError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what} (last error: {last})")
+
+
+@contextmanager
+def cbir_serve(env: dict[str, str]) -> Iterator[str]:
+    """`cbir serve` on a free port, yielding its URL once /health answers 200; SIGINT at the end."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*CBIR, "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"`cbir serve` exited: {process.stderr.read() if process.stderr else ''}")
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+        poll(healthy, "`cbir serve` to become healthy", 120)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class MilvusLite:
+    """`milvus-lite server` on a fixed port and data folder, which can be killed and started again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir, self.port = data_dir, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [str(MILVUS_LITE), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        poll(answers, "milvus-lite server to listen", 60)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@contextmanager
+def milvus_lite(data_dir: Path) -> Iterator[MilvusLite]:
+    server = MilvusLite(data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
