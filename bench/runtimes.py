@@ -171,8 +171,8 @@ def main() -> None:
     auto = choose_runtime("auto", torch.device("cpu")).name
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(f"batch {sizes['batch']}, threads {torch.get_num_threads()}, ISA cap {cap}")
-    header = ("runtime", "img_s", "speedup", "img_s_b1", "speedup_b1", "cos_min", "cos_mean", "mAP", "P@10")
-    header += ("start_s", "rss_mib", "fingerprint_shared")
+    header = ["runtime", "img_s", "speedup", "img_s_b1", "speedup_b1", "cos_min", "cos_mean", "mAP", "P@10"]
+    header += ["start_s", "rss_mib", "fingerprint_shared"]
     print(" | ".join(header))
     for row in rows.values():
         print(" | ".join(str(row[h]) for h in header))
