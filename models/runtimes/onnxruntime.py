@@ -27,7 +27,7 @@ def _export(module: nn.Module, path: Path | None) -> bytes:
         torch.onnx.export(
             module,
             (torch.zeros(_EXAMPLE),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file-like object is accepted (and documented)
             input_names=["x"],
             output_names=["y"],
             dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "fh", 3: "fw"}},

@@ -24,10 +24,16 @@ def pictures() -> list[Image.Image]:
     return [photo((96, 64), seed=i) for i in range(6)] + [photo((64, 96), seed=50 + i) for i in range(3)]
 
 
-def tiny(runtime: str, cache: Path | None = None, **kwargs: object) -> Encoder:
+def tiny(runtime: str, cache: Path | None = None, *, compile_model: bool = False) -> Encoder:
     return build_encoder(
-        "tiny_random", "gap", max_side=64, device="cpu", runtime=runtime, runtime_cache=cache, **kwargs
-    )  # type: ignore[arg-type]
+        "tiny_random",
+        "gap",
+        max_side=64,
+        device="cpu",
+        runtime=runtime,
+        runtime_cache=cache,
+        compile_model=compile_model,
+    )
 
 
 def usable(name: str) -> None:
@@ -52,11 +58,11 @@ def test_fp32_compatible_runtimes_stay_within_the_tolerance_and_share_the_finger
 @pytest.mark.parametrize("name", FP32_COMPATIBLE)
 def test_multi_scale_gem_and_regions_run_on_every_runtime(name: str, tmp_path: Path) -> None:
     usable(name)
-    options = {"scales": (1.0, 0.75), "head": "gem"}
-    reference = build_encoder("tiny_random", max_side=64, device="cpu", **options)  # type: ignore[arg-type]
+    scales = (1.0, 0.75)
+    reference = build_encoder("tiny_random", "gem", max_side=64, device="cpu", scales=scales)
     encoder = build_encoder(
-        "tiny_random", max_side=64, device="cpu", runtime=name, runtime_cache=tmp_path, **options
-    )  # type: ignore[arg-type]
+        "tiny_random", "gem", max_side=64, device="cpu", scales=scales, runtime=name, runtime_cache=tmp_path
+    )
     image = photo((96, 64), seed=3)
     box = (10.0, 5.0, 70.0, 60.0)
     assert float(encoder.embed_region(image, box) @ reference.embed_region(image, box)) >= 0.99
