@@ -159,7 +159,7 @@ def latencies_ms(
     out = np.empty(len(queries))
     for i, query in enumerate(queries):
         tick = time.perf_counter()
-        index.search(query, K, params)
+        index.search(query, K, params=params)
         out[i] = (time.perf_counter() - tick) * 1000
     return out
 

@@ -6,6 +6,7 @@ tombstones); this adds what the protocol asks that VectorIndex does not yet say 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ class FaissStore(VectorIndex):
         k: int,
         params: SearchParams | None = None,
         *,
-        allowed_ids: np.ndarray | None = None,
+        allowed_ids: np.ndarray | Sequence[int] | None = None,
     ) -> tuple[Float32Array, Int64Array]:
         # VectorIndex restricts the search itself to the allowed ids (a FAISS IDSelector), so k results
         # come back whenever k allowed images are stored.

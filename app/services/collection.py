@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL.Image import Image as PILImage
@@ -64,7 +64,7 @@ class Hit:
     p_same: float = 0.0
 
     @property
-    def match(self) -> str:
+    def match(self) -> Literal["same", "similar"]:
         """ "same" (an edited copy or near-duplicate of the query) or "similar"."""
         return "same" if self.p_same >= 0.5 else "similar"
 
