@@ -17,7 +17,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.db.changes import UPDATE, record_change
 from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from index import available_stores
@@ -79,13 +78,12 @@ def test_two_replicas_follow_each_other(replicas: tuple[str, str, str]) -> None:
     assert len(hits) == 2  # k results: the collection holds 3
     assert all(q not in [h["id"] for h in search(b, 1, k)] for k in (1, 3, 10))
 
-    engine = make_engine(db_url)  # 3. a metadata change (made by another process, committed with its entry)
+    engine = make_engine(db_url)
     try:
         sessions = make_session_factory(engine)
-        some = search(b, 100, 1)[0]["id"]
-        with sessions.begin() as session:
-            session.get_one(Image, some).meta = {"sku": "B-2"}
-            record_change(session, UPDATE, [some])
+        some = search(b, 100, 1)[0]["id"]  # 3. a metadata change on A (PATCH, a merge patch) is seen on B
+        patched = httpx.patch(f"{a}/images/{some}", json={"metadata": {"sku": "B-2"}}, timeout=60)
+        assert patched.status_code == 200, patched.text
         assert search(b, 100, 1)[0]["metadata"] == {"sku": "B-2"}
         assert httpx.get(f"{b}/images/{some}", timeout=60).json()["metadata"] == {"sku": "B-2"}
 
