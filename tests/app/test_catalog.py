@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from index import available_stores
 from tests.app.test_api import upload
 from tests.helpers.catalog import fill, ids_of, listing
 from tests.helpers.images import image_bytes
+from tests.helpers.settings import tiny_settings
+
+
+@pytest.fixture(params=available_stores())
+def settings(tmp_path: Path, database_url: str | None, request: pytest.FixtureRequest) -> Settings:
+    """Every vector store: FAISS, and Milvus (Milvus Lite in the test's folder)."""
+    return tiny_settings(tmp_path, database_url).model_copy(update={"vector_store": request.param})
 
 
 def test_cursor_paging_visits_every_image_once_in_both_orders(client: TestClient) -> None:

@@ -14,11 +14,19 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.services import fetch
+from index import available_stores
 from tests.helpers.catalog import fill
 from tests.helpers.images import image_bytes
 from tests.helpers.search import serve_bytes
+from tests.helpers.settings import tiny_settings
 
 PLAIN = {"query_expansion": 0, "database_augmentation": 0}
+
+
+@pytest.fixture(params=available_stores())
+def settings(tmp_path: Path, database_url: str | None, request: pytest.FixtureRequest) -> Settings:
+    """Every vector store: FAISS, and Milvus (Milvus Lite in the test's folder)."""
+    return tiny_settings(tmp_path, database_url).model_copy(update={"vector_store": request.param})
 
 
 def search_json(client: TestClient, **body: Any) -> Any:
