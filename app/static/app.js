@@ -500,18 +500,28 @@ function browseQuery(after) {
   return params;
 }
 
+let browseTicket = 0; // the latest listing asked for
+
 async function loadBrowse(after = state.browse.after) {
   const filter = $("browse-filter").value.trim();
   if (filter && !jsonObject(filter)) {
     showMessage('The filter must be a JSON object, such as {"sku": "A-17"} or {"price": {"$gte": 10}}.');
     return;
   }
+  // Paging buttons wait for this page: a second click on Next before the first page came back would
+  // otherwise push the same cursor twice (the label said page 3 over page 2's images).
+  $("browse-next").disabled = true;
+  $("browse-prev").disabled = true;
+  const ticket = ++browseTicket;
   try {
     const page = await (await call(`/images?${browseQuery(after)}`)).json();
+    if (ticket !== browseTicket) return; // a newer listing (a filter submitted meanwhile) wins
     state.browse.after = after;
     state.browse.next = page.next;
     renderBrowse(page);
   } catch (error) {
+    if (ticket !== browseTicket) return;
+    $("browse-prev").disabled = state.browse.cursors.length === 0;
     $("browse-grid").replaceChildren();
     $("browse-summary").textContent = "Nothing to show: see the message above.";
     report(error);
@@ -583,12 +593,12 @@ function installBrowse() {
   });
   $("browse-order").addEventListener("change", () => $("browse-form").requestSubmit());
   $("browse-next").addEventListener("click", () => {
-    if (!state.browse.next) return;
+    if (!state.browse.next || $("browse-next").disabled) return;
     state.browse.cursors.push(state.browse.after);
     loadBrowse(state.browse.next);
   });
   $("browse-prev").addEventListener("click", () => {
-    if (!state.browse.cursors.length) return;
+    if (!state.browse.cursors.length || $("browse-prev").disabled) return;
     loadBrowse(state.browse.cursors.pop());
   });
   $("browse-delete").addEventListener("click", async () => {

@@ -12,18 +12,19 @@ from app.config import Settings
 from app.main import create_app
 from app.progress_log import stop_on_signals
 from app.services import bulk
-from tests.app.services.test_bulk import open_collection
 from tests.app.test_cli import env as env  # the fixture
 from tests.app.test_cli import invoke
+from tests.helpers.collections import open_collection
 from tests.helpers.images import image_bytes
 from tests.helpers.server import serve_in_thread
 
 
 def test_sigterm_sets_the_stop_event_instead_of_killing() -> None:
+    before = signal.getsignal(signal.SIGTERM)  # whatever an earlier test (a server) left installed
     with stop_on_signals() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.wait(5), "the handler set the event (and the process is still alive)"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the previous handler is back"
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is back"
 
 
 def test_a_stopped_bulk_job_commits_the_batches_in_flight(settings: Settings, tmp_path: Path) -> None:
