@@ -113,8 +113,8 @@ class EmbedBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
-            SourceItem(Path(str(path)), json.loads(str(meta)))
-            for path, meta in zip(batch["path"], batch["meta"], strict=True)
+            SourceItem(Path(str(path)), json.loads(str(meta)), name=str(name) or None)
+            for path, meta, name in zip(batch["path"], batch["meta"], batch["name"], strict=True)
         ]
         loaded = collate([load_item(item, self.options, self.known.__contains__) for item in items])
         ready = self.stage(loaded)
@@ -194,7 +194,11 @@ def index_with_ray(
     # The workers choose their device; "auto" lets a GPU actor use its GPU and a CPU actor the CPU.
     worker_settings = settings.model_copy(update={"device": "auto" if layout.gpus_per_actor else "cpu"})
     dataset = ray.data.from_items(
-        [{"path": str(item.path.resolve()), "meta": json.dumps(item.meta)} for item in items]
+        [
+            # name: the path as indexed (relative to the source), as the local job stores it
+            {"path": str(item.path.resolve()), "meta": json.dumps(item.meta), "name": item.name or ""}
+            for item in items
+        ]
     )
     batch_size = collection.encoder.batch_size
     made_by = collection.encoder.fingerprint  # the workers build this encoder from the same settings

@@ -43,7 +43,10 @@ def ray_runtime() -> Iterator[None]:
 
 @pytest.fixture
 def items(corel: Path) -> list[SourceItem]:
-    return [SourceItem(path, {"n": n}) for n, path in enumerate(bulk.list_files(corel)[:IMAGES])]
+    files = bulk.list_files(corel)[:IMAGES]
+    return [
+        SourceItem(path, {"n": n}, name=path.relative_to(corel).as_posix()) for n, path in enumerate(files)
+    ]
 
 
 def count_rows(collection: Collection) -> tuple[int, int]:
@@ -81,6 +84,7 @@ def test_ray_indexes_corel_with_the_vectors_of_a_local_job(
         ours, theirs = (c.find_by_sha256(digest) for c in (collection, local))
         assert ours is not None and theirs is not None
         assert ours.meta == item.meta and ours.source_path == str(item.path.resolve())
+        assert ours.original_name == item.name  # the path as indexed (class/file), as a local job stores it
         np.testing.assert_allclose(
             np.frombuffer(ours.vector, "<f4"), np.frombuffer(theirs.vector, "<f4"), atol=1e-5
         )
