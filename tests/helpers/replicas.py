@@ -7,7 +7,6 @@ deadline (never a sleep that a slow machine could outrun).
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,18 +18,14 @@ from typing import TypeVar
 
 import httpx
 
+from tests.helpers.servers import free_port, stop_server
+
 ROOT = Path(__file__).resolve().parents[2]
 # `cbir` with the test backbones registered (tests/helpers/backbones.py), as a subprocess can run it.
 CBIR = [sys.executable, "-c", "import tests.helpers.backbones; from app.cli import main; main()"]
 MILVUS_LITE = Path(sys.executable).with_name("milvus-lite")
 
 _T = TypeVar("_T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tiny_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -85,12 +80,7 @@ def cbir_serve(env: dict[str, str]) -> Iterator[str]:
         poll(healthy, "`cbir serve` to become healthy", 120)
         yield url
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 class MilvusLite:

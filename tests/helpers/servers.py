@@ -3,6 +3,7 @@ the database's rows whichever the database is."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -48,6 +49,16 @@ def start_server(
         _, stderr = process.communicate(timeout=30)
         raise AssertionError(f"{exc}; its stderr ends: {stderr[-2000:]}") from None
     return process, url
+
+
+def stop_server(process: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGINT (a graceful shutdown), then a kill if it has not exited within `timeout`."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def database_url(data_dir: Path, url: str | None) -> str:
