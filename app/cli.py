@@ -32,15 +32,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from app.auth.keys import Role, create_key, list_keys, revoke_key
 from app.config import Settings
 from app.errors import CbirError
-from app.services.keys import Role, create_key, list_keys, revoke_key
-from app.services.queries import parse_box
+from app.search.queries import parse_box
 from index import VectorIndexError
 from index.factory import MIN_TRAIN_VECTORS
 
 if TYPE_CHECKING:  # models (torch) is imported by the commands that need it, not by `cbir --help`
-    from app.services.collection import Collection
+    from app.collection.facade import Collection
     from models import ImageEncoder
     from models.training import EpochReport
 
@@ -240,8 +240,8 @@ def how_it_ended(stop_reason: str, epochs_run: int) -> str:
 
 def open_collection(settings: Settings, *, existing: bool = False) -> Collection:
     """``existing``: refuse (rather than create) a collection that is not there, for the reading commands."""
+    from app.collection.facade import Collection, require_collection
     from app.encoders import encoder_from_settings
-    from app.services.collection import Collection, require_collection
 
     if existing:
         require_collection(settings)
@@ -376,9 +376,9 @@ def index_cmd(
     """Add every image of the SOURCES to the collection; skips (and counts) duplicates and non-images.
 
     SIGTERM or Ctrl-C: the batch in flight is committed, the summary printed, and the exit status is 130."""
+    from app.jobs import bulk
+    from app.jobs.sources import Listing, resolve_source
     from app.progress_log import stop_on_signals
-    from app.services import bulk
-    from app.services.sources import Listing, resolve_source
 
     with friendly_errors(), stop_on_signals() as stop:
         settings = make_settings(locals())
@@ -390,7 +390,7 @@ def index_cmd(
         collection = open_collection(settings)
         with index_progress("indexing", len(listing.items), progress_every) as update:
             if ray_address is not None:
-                from app.services.distributed import index_with_ray
+                from app.jobs.ray import index_with_ray
 
                 report = index_with_ray(
                     collection,
@@ -476,7 +476,7 @@ def search(
     """Find the K images of the collection most similar to IMAGE."""
     with friendly_errors():
         settings = make_settings(locals())
-        from app.services.filters import parse_filter
+        from app.collection.filters import parse_filter
 
         spec = parse_filter(filter_, "--filter")
         if server:
@@ -516,7 +516,7 @@ def _search_here(
     query_expansion: int | None,
     database_augmentation: int | None,
 ) -> list[dict[str, Any]]:
-    from app.services.catalog import matching_ids
+    from app.collection.catalog import matching_ids
 
     region = parse_box(box) if box is not None else None
     collection = open_collection(settings, existing=True)
@@ -641,9 +641,9 @@ def evaluate(
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is not a directory")
         from app.encoders import encoder_from_settings
-        from app.services import bulk
-        from app.services.evaluation import evaluate_folder
-        from app.services.reranking import options_from_settings
+        from app.jobs import bulk
+        from app.learn.evaluation import evaluate_folder
+        from app.search.reranking import options_from_settings
 
         model = encoder_from_settings(settings)
         total = sum(1 for _ in bulk.list_files(directory))
@@ -674,8 +674,8 @@ def evaluate(
 def _evaluate_instances(
     settings: Settings, model: ImageEncoder, directory: Path, ground_truth: Path, total: int
 ) -> None:
-    from app.services.ground_truth import evaluate_ground_truth
-    from app.services.reranking import options_from_settings
+    from app.learn.ground_truth import evaluate_ground_truth
+    from app.search.reranking import options_from_settings
 
     with progress_bar("embedding", total) as update:
         report = evaluate_ground_truth(
@@ -736,8 +736,8 @@ def fit(
 ) -> None:
     """Learn the encoder's parameters from images, without labels: NetVLAD centroids (k-means) and/or a
     PCA-whitening projection. Writes a file to give as --fitted / CBIR_FITTED."""
-    from app.services import bulk
-    from app.services.fit import FitOptions, fit_encoder, stored_image_paths
+    from app.jobs import bulk
+    from app.learn.fit import FitOptions, fit_encoder, stored_image_paths
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -824,9 +824,9 @@ def finetune(
     """Fine-tune the encoder's head (NetVLAD after `cbir fit`, or GeM) contrastively on your pictures:
     two views of a picture are positives (or, with --classes, pictures of one folder). Writes a file to give
     as --fitted / CBIR_FITTED."""
-    from app.services import bulk
-    from app.services.finetune import FinetuneOptions, finetune_encoder
-    from app.services.fit import stored_image_paths
+    from app.jobs import bulk
+    from app.learn.finetune import FinetuneOptions, finetune_encoder
+    from app.learn.fit import stored_image_paths
     from models.training.contrastive import ContrastiveConfig
 
     with friendly_errors():
@@ -913,7 +913,7 @@ def duplicates(
     device: Device = None,
 ) -> None:
     """Group the collection's near-duplicates: the same photo re-saved, resized, cropped a little, edited."""
-    from app.services.duplicates import duplicate_groups
+    from app.search.duplicates import duplicate_groups
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -950,7 +950,7 @@ def reindex(
 ) -> None:
     """Switch the collection to the configured encoder: re-embed the stored images beside the current index,
     then swap in one transaction; a running service keeps answering and follows. Resumable."""
-    from app.services.reindex import reindex_collection, stored_count
+    from app.jobs.reindex import reindex_collection, stored_count
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -996,7 +996,7 @@ def index_build(
 ) -> None:
     """Rebuild the vector index from the vectors stored in the database, without re-embedding: picks the
     type, trains it on a sample, swaps the file atomically. A running service picks the new file up."""
-    from app.services.index_build import rebuild_index
+    from app.jobs.index_build import rebuild_index
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -1029,7 +1029,7 @@ def optimize(
 
     int8 vectors are not fp32's (the calibration goes into the encoder fingerprint): switch an existing
     collection with `cbir reindex` (README, Inference runtimes)."""
-    from app.services.optimize import optimize as calibrate_int8
+    from app.learn.optimize import optimize as calibrate_int8
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -1049,7 +1049,7 @@ def backup(
 ) -> None:
     """Copy the collection (database, index, image files) to DESTINATION; safe while the service or a bulk
     index runs: the copy is the collection as of one moment. Loads no model."""
-    from app.services.backup import backup as run_backup
+    from app.jobs.backup import backup as run_backup
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -1072,7 +1072,7 @@ def restore(
 ) -> None:
     """Restore the backup in SOURCE into a new (or empty) data directory (--data-dir), checking every file
     against its recorded hash; then `cbir serve --data-dir` the same folder."""
-    from app.services.backup import restore as run_restore
+    from app.jobs.backup import restore as run_restore
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -1105,15 +1105,13 @@ def warn_missing_files(missing: dict[int, str], shown: int = 20) -> None:
 def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Apply pending migrations to the database."""
     from app.db import migrate
-    from app.db.session import make_engine
+    from app.db.session import open_database
 
     with friendly_errors():
         settings = make_settings(locals())
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.db_url)
-        todo = migrate.pending(engine)
-        migrate.upgrade(engine)
-        engine.dispose()
+        with open_database(settings.db_url, data_dir=settings.data_dir, upgrade=False) as db:
+            todo = migrate.pending(db.engine)
+            migrate.upgrade(db.engine)
         console.print(f"database at {settings.db_url}: applied {len(todo)} migration(s) {todo}; now at head")
 
 
@@ -1124,17 +1122,13 @@ app.add_typer(keys_app, name="keys")
 
 
 def _key_sessions(data_dir: Path | None, database_url: str | None, *, creating: bool = False) -> Any:
-    from app.db import migrate
-    from app.db.session import make_engine, make_session_factory
-    from app.services.presence import require_collection
+    from app.collection.presence import require_collection
+    from app.db.session import open_database
 
     settings = make_settings(locals())
     if not creating:
         require_collection(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.db_url)
-    migrate.upgrade(engine)
-    return make_session_factory(engine)
+    return open_database(settings.db_url, data_dir=settings.data_dir).sessions
 
 
 @keys_app.command("create")
@@ -1221,8 +1215,8 @@ def train_autoencoder_cmd(
     workers: Workers = None,
 ) -> None:
     """Train a denoising autoencoder on the pictures under DIRECTORY; serve it with --encoder dae:OUT."""
-    from app.services import bulk
-    from app.services.training import load_pictures, train_from_folder
+    from app.jobs import bulk
+    from app.learn.training import load_pictures, train_from_folder
     from models.autoencoder import AutoencoderConfig
     from models.training import NoiseConfig, TrainConfig
 
@@ -1293,9 +1287,9 @@ def denoise(
     device: Device = None,
 ) -> None:
     """Write what the configured autoencoder rebuilds from IMAGE: a look at what the model learned."""
+    from app.collection.denoising import denoise as rebuild
+    from app.collection.denoising import noise_config, require_autoencoder
     from app.encoders import encoder_from_settings
-    from app.services.denoising import denoise as rebuild
-    from app.services.denoising import noise_config, require_autoencoder
 
     with friendly_errors():
         settings = make_settings(locals())

@@ -15,11 +15,11 @@ from rich.table import Table
 from sqlalchemy import ColumnElement
 
 from app.cli import AsJson, DatabaseUrl, DataDir, console, err_console, friendly_errors, make_settings
+from app.collection import catalog
+from app.collection.filters import parse_filter
 from app.config import Settings
 from app.errors import InvalidRequestError
 from app.schemas import ImageOut
-from app.services import catalog
-from app.services.filters import parse_filter
 
 images_app = typer.Typer(
     help="Browse and manage the collection's images.", no_args_is_help=True, rich_markup_mode=None
@@ -32,16 +32,17 @@ PrefixOption = Annotated[str | None, typer.Option("--path-prefix", help="Only pa
 
 
 def _rows(settings: Settings) -> catalog.RowStore:
+    from app.collection.presence import require_collection
     from app.db import migrate
-    from app.db.session import make_engine, make_session_factory
-    from app.services.presence import require_collection
+    from app.db.session import open_database
 
     require_collection(settings)
-    engine = make_engine(settings.db_url)
+    db = open_database(settings.db_url, upgrade=False)
+    engine = db.engine
     missing = migrate.pending(engine)
     if missing:
         raise InvalidRequestError(f"the database needs migrations {missing}: run `cbir db upgrade`")
-    return catalog.RowStore(engine, make_session_factory(engine))
+    return catalog.RowStore(engine, db.sessions)
 
 
 def _as_dict(row: Any) -> dict[str, Any]:
@@ -169,7 +170,7 @@ def images_delete(
     """Delete images by id, by --filter or by --path-prefix (one of them), in one transaction."""
     from app.cli import open_collection
     from app.db.tables import Image
-    from app.services.thumbnails import Thumbnails
+    from app.files.thumbnails import Thumbnails
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -216,8 +217,8 @@ def images_export(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Write id, path, metadata, file location (and optionally the vector) of every image."""
-    from app.services import export
-    from app.storage import FileStore
+    from app.files.storage import FileStore
+    from app.jobs import export
 
     with friendly_errors():
         settings = make_settings(locals())
@@ -248,7 +249,7 @@ def images_import(
 ) -> None:
     """Add the exported images to this collection; vectors of this collection's encoder are reused."""
     from app.cli import open_collection
-    from app.services import export
+    from app.jobs import export
 
     with friendly_errors():
         collection = open_collection(make_settings(locals()))

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     duplicate_threshold: float = Field(
         default=0.9, gt=0, le=1, description="Cosine similarity from which two images are near-duplicates."
     )
-    # Same picture or only similar (issue 13; app/services/verification.py, README "Choosing a descriptor").
+    # Same picture or only similar (issue 13; app/search/verification.py, README "Choosing a descriptor").
     verify_candidates: int = Field(
         default=10,
         ge=0,
@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     @field_validator("encoder")
     @classmethod
     def _absolute_checkpoint(cls, value: str | None) -> str | None:
-        # The collection records this setting to rebuild its encoder (app/services/versions.py): a relative
+        # The collection records this setting to rebuild its encoder (app/collection/versions.py): a relative
         # checkpoint path would name another file, or none, in a process started from another directory.
         path = (value or "").strip().removeprefix("dae:").strip()
         if value and value.strip().startswith("dae:") and path:

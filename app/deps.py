@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.collection.facade import Collection
 from app.config import Settings
 from app.errors import NotReadyError
-from app.services.collection import Collection
 
 
 def get_collection(request: Request) -> Collection:

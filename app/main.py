@@ -12,14 +12,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from app import observability
-from app.auth import Access, check_policies, declare, matched_policy
+from app.auth.keys import any_active
+from app.auth.policy import Access, check_policies, declare, matched_policy
+from app.collection.facade import Collection
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.errors import error_response, install_error_handlers
 from app.head_requests import HeadAsGet
 from app.routes import catalog, denoise, docs, duplicates, health, images, pages, search, thumbnails
-from app.services.collection import Collection
-from app.services.keys import any_active
 
 log = logging.getLogger("cbir")
 
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         # A request that needs inference while the gate is full is refused before its body is read and
         # parsed: under overload, each refusal must cost next to nothing, or refusing starves the forward
         # passes of the very CPU they need (bench/load.py: 113 refusals/s cut answered searches to 2/s).
-        # Which requests: those whose route declares shed=True (app/auth.py), the ones that run the encoder.
+        # Which requests: those whose route declares shed=True (app/auth/policy.py): the encoder's.
         collection = request.app.state.collection
         if collection is not None and collection.gate.full:
             found = matched_policy(request.app.state.route_policies, request.scope)

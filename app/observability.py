@@ -233,7 +233,10 @@ def install(app: FastAPI) -> Metrics:
         collection = getattr(app.state, "collection", None)
         return float(collection.gate.waiting) if collection is not None else 0.0
 
-    from app.auth import Access, policy  # here: app.auth needs the collection, which imports this module
+    from app.auth.policy import (  # here: app.auth.policy needs the collection, which imports this module
+        Access,
+        policy,
+    )
 
     metrics = Metrics(collection_size, queue_depth)
     app.state.metrics = metrics

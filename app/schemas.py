@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from app.db.tables import Image
 
 if TYPE_CHECKING:  # the collection module loads the encoder's libraries; only its Hit type is needed
-    from app.services.collection import Hit
+    from app.collection.facade import Hit
 
 
 def image_url(image_id: int) -> str:

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.services.decoding import list_files  # noqa: E402
+from app.files.decoding import list_files  # noqa: E402
 from index import INDEX_TYPES, IndexSpec, SearchParams, VectorIndex, VectorStore, build_store  # noqa: E402
 from index.build import build_index  # noqa: E402
 from index.factory import choose_type, sample_rows, spec_for, train_sample_size  # noqa: E402

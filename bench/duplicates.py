@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
-from app.services.decoding import list_files  # noqa: E402
+from app.files.decoding import list_files  # noqa: E402
 from models import decode_image  # noqa: E402
 
 

@@ -43,14 +43,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.collection.facade import Collection  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
-from app.services.bulk import index_files  # noqa: E402
-from app.services.collection import Collection  # noqa: E402
-from app.services.decoding import list_files  # noqa: E402
-from app.services.loading import LoadOptions, batch_loader  # noqa: E402
-from app.services.pipeline import DeviceStage, ShapeBatcher, embed, wait_for  # noqa: E402
-from app.services.sources import SourceItem  # noqa: E402
+from app.files.decoding import list_files  # noqa: E402
+from app.jobs.bulk import index_files  # noqa: E402
+from app.jobs.loading import LoadOptions, batch_loader  # noqa: E402
+from app.jobs.pipeline import DeviceStage, ShapeBatcher, embed, wait_for  # noqa: E402
+from app.jobs.sources import SourceItem  # noqa: E402
 from models import Encoder, decode_image  # noqa: E402
 from models.preprocess import normalise_pixels, pixels_from_image  # noqa: E402
 

@@ -49,20 +49,20 @@ class Mutant:
 
 # The fast tests each module's mutants run against.
 TESTS: dict[str, list[str]] = {
-    "ranking": ["tests/app/test_ranking.py", "tests/app/services/test_reranking.py"],
+    "ranking": ["tests/app/test_ranking.py", "tests/app/search/test_reranking.py"],
     "access": ["tests/app/test_access_matrix.py", "tests/app/test_auth.py"],
     "ingest": [
-        "tests/app/services/test_bulk.py",
-        "tests/app/services/test_collection.py",
+        "tests/app/jobs/test_bulk.py",
+        "tests/app/collection/test_collection.py",
         "tests/app/test_ranking.py",
     ],
     "vector_store": ["tests/index"],
 }
 
-RR = "app/services/reranking.py"
-AUTH = "app/auth.py"
-KEYS = "app/services/keys.py"
-COLL = "app/services/collection.py"
+RR = "app/search/reranking.py"
+AUTH = "app/auth/policy.py"
+KEYS = "app/auth/keys.py"
+COLL = "app/collection/facade.py"
 STORE = "index/store.py"
 
 MUTANTS: list[Mutant] = [
@@ -222,14 +222,14 @@ MUTANTS: list[Mutant] = [
     # -- ingest and duplicate detection ----------------------------------------------------------------------
     Mutant(
         "ingest",
-        "app/services/bulk.py",
+        "app/jobs/bulk.py",
         "known=known.__contains__,",
         "known=lambda _digest: False,",
         "the bulk job decodes and embeds again every file already stored",
     ),
     Mutant(
         "ingest",
-        "app/services/pipeline.py",
+        "app/jobs/pipeline.py",
         "            if result.sha256 in self.seen:",
         "            if False:",
         "the bulk job embeds a repeated file once per copy",
@@ -266,14 +266,14 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "ingest",
-        "app/services/duplicates.py",
+        "app/search/duplicates.py",
         "    keep = ids != image_id",
         "    keep = ids >= 0",
         "an image is listed as its own near-duplicate",
     ),
     Mutant(
         "ingest",
-        "app/services/duplicates.py",
+        "app/search/duplicates.py",
         "                    parent[max(a, b)] = min(a, b)",
         "                    pass",
         "`cbir duplicates` finds no groups",

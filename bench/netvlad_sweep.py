@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.services.fit import FitOptions  # noqa: E402
-from app.services.reranking import RerankOptions  # noqa: E402
+from app.learn.fit import FitOptions  # noqa: E402
+from app.search.reranking import RerankOptions  # noqa: E402
 from bench.quality import DATASETS, _encoder, corel_figures, embed_dataset, fitted_encoder, pool  # noqa: E402
 
 

@@ -8,14 +8,14 @@ How each number is made, so the table describes what the product does:
 - Images are decoded and resized exactly as uploads are (max side 320: CIFAR's 32x32 images are upscaled to
   320x320, which is what the service does to a thumbnail). The backbone runs once per image and scale; every
   head then pools the same feature maps, through the product's own Encoder, heads and projection.
-- NetVLAD and projections are fitted with `cbir fit`'s own code (app/services/fit.py, default options: a
+- NetVLAD and projections are fitted with `cbir fit`'s own code (app/learn/fit.py, default options: a
   seeded sample of at most 1,000 images, K = 8) on the images of the dataset itself, without its labels, as
   a user fits on their collection; the "reference" rows fit on the *other* dataset instead.
 - The fine-tuned row runs `cbir finetune`'s own code with its default options on the dataset's pictures,
   self-supervised (two augmented views of a picture are positives; the labels are never given to it),
   starting from the NetVLAD of the row "as initialised". Its views are new forward passes (not counted in
   img/s: training is a one-off); the trained head then pools the same cached maps as every other row.
-- Rankings go through the service's ranking function (app/services/reranking.py), re-ranking included where
+- Rankings go through the service's ranking function (app/search/reranking.py), re-ranking included where
   the row says so; Corel's leave-one-out excludes each query from the database it is ranked against.
 - img/s is embedding throughput on Corel: backbone time at the row's scales plus its pooling, for all
   images, divided into the image count (decoding, shared by every row, excluded). ms/query is the Corel
@@ -23,7 +23,7 @@ How each number is made, so the table describes what the product does:
 
 Beside the category figures, an instance ("same picture") benchmark: edited copies of some pictures of each
 dataset (bench/copies.py) query the whole unedited collection, R@1 and R@10 of the original, in a tuned part
-(what app/services/verification.py's threshold and calibration were chosen on) and a held-out part (other
+(what app/search/verification.py's threshold and calibration were chosen on) and a held-out part (other
 seed, disjoint originals, never tuned on); for the rows with geometric verification, the precision and
 recall of the "same" decision over each copy's first 10 results, and (last) the tuned pairs' precision and
 recall per inlier threshold with a logistic fit of P(same | inliers).
@@ -55,12 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.services.decoding import Prepared, decode_or_raise, list_files, load_files  # noqa: E402
-from app.services.evaluation import average_precisions, retrieval_metrics  # noqa: E402
-from app.services.finetune import FinetuneOptions, finetune_encoder  # noqa: E402
-from app.services.fit import FitOptions, fit_parameters  # noqa: E402
-from app.services.reranking import NeighbourCache, RerankOptions, options_from_settings, rank  # noqa: E402
-from app.services.verification import QueryFeatures, VerifyOptions, rank_verified  # noqa: E402
+from app.files.decoding import Prepared, decode_or_raise, list_files, load_files  # noqa: E402
+from app.learn.evaluation import average_precisions, retrieval_metrics  # noqa: E402
+from app.learn.finetune import FinetuneOptions, finetune_encoder  # noqa: E402
+from app.learn.fit import FitOptions, fit_parameters  # noqa: E402
+from app.search.reranking import NeighbourCache, RerankOptions, options_from_settings, rank  # noqa: E402
+from app.search.verification import QueryFeatures, VerifyOptions, rank_verified  # noqa: E402
 from bench.copies import make_copies, split_originals  # noqa: E402
 from index import VectorIndex  # noqa: E402
 from models import build_encoder, to_tensor  # noqa: E402
@@ -599,7 +599,7 @@ def cifar_queries(data: Dataset) -> np.ndarray:
 
 
 def print_calibration(row: Row) -> None:
-    """What the "same" threshold and P(same) of app/services/verification.py were chosen from: the tuned
+    """What the "same" threshold and P(same) of app/search/verification.py were chosen from: the tuned
     copies' verified pairs (never the held-out ones), no labels."""
     figures = row.copies.get(("corel", "tuned"))
     if figures is None or not figures.pairs:

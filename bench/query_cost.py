@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.collection.facade import Collection  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
-from app.services.collection import Collection  # noqa: E402
-from app.services.verification import VerifyOptions  # noqa: E402
+from app.search.verification import VerifyOptions  # noqa: E402
 from bench.copies import make_copies  # noqa: E402
 from bench.quality import DATASETS, _decoded, labelled_files  # noqa: E402
 

@@ -18,11 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.collection.facade import Collection  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
-from app.services import bulk  # noqa: E402
-from app.services.collection import Collection  # noqa: E402
-from app.services.reranking import RerankOptions  # noqa: E402
+from app.jobs import bulk  # noqa: E402
+from app.search.reranking import RerankOptions  # noqa: E402
 from tests.app.conftest import COREL  # noqa: E402
 from tests.app.test_roi_corel import PER_CLASS, composite, rank_of  # noqa: E402
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from app.services.evaluation import average_precisions
+from app.learn.evaluation import average_precisions
 
 
 @dataclass(frozen=True)

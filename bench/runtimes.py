@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.services.decoding import list_files  # noqa: E402
-from app.services.evaluation import retrieval_metrics  # noqa: E402
-from app.services.optimize import optimize  # noqa: E402
+from app.files.decoding import list_files  # noqa: E402
+from app.learn.evaluation import retrieval_metrics  # noqa: E402
+from app.learn.optimize import optimize  # noqa: E402
 from models import Encoder, build_encoder, decode_image, to_tensor  # noqa: E402
 from models.runtimes import available_runtimes, choose_runtime, get_runtime  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Any write path calls ``record_change(session, op, image_ids)`` inside its own transaction (never after it), so
 the feed holds an entry exactly when the change committed. Processes that hold vectors follow it
-(app/services/following.py): they compare ``last_seq`` with the last entry they applied before each search —
+(app/collection/following.py): they compare ``last_seq`` with the last entry they applied before each search —
 one primary-key lookup — and replay only what is new.
 
 Order: on SQLite a write transaction holds the database's one write lock, so AUTOINCREMENT seqs are in commit

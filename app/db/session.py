@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,40 @@ def sqlite_file(url: str) -> Path | None:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass
+class Database:
+    """An open database: its engine and its session factory, closed together."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def open_database(url: str, *, data_dir: Path | None = None, upgrade: bool = True) -> Database:
+    """The one way every command, job and the service open the database.
+
+    data_dir is created first (SQLite's file lives there); ``upgrade`` applies pending migrations, and
+    without it callers that must not change the schema check ``migrate.pending(db.engine)`` themselves.
+    """
+    from app.db import migrate  # alembic: only once a database is really opened
+
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    if upgrade:
+        try:
+            migrate.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+    return Database(engine, make_session_factory(engine))

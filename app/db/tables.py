@@ -113,9 +113,9 @@ class Change(Base):
     """One change to the collection, written in the transaction that makes it: the change feed.
 
     Processes that hold vectors (each service's FAISS copy) replay the entries after the last ``seq`` they
-    applied before they answer a search (app/services/feed.py); ``seq`` is in commit order (AUTOINCREMENT on
-    SQLite, whose writers are serialised; on PostgreSQL writers take a transaction-scoped advisory lock
-    before they append, so no entry becomes visible after a later one).
+    applied before they answer a search (app/collection/following.py); ``seq`` is in commit order
+    (AUTOINCREMENT on SQLite, whose writers are serialised; on PostgreSQL writers take a transaction-scoped
+    advisory lock before they append, so no entry becomes visible after a later one).
     """
 
     __tablename__ = "changes"

@@ -1,7 +1,7 @@
 """Managing the collection: list and filter it page by page, edit an image's metadata, delete in bulk.
 
-Roles (app/auth.py decides by method): GET /images is a read; PATCH /images/{id} and POST /images/delete
-change the collection and need a write key.
+Roles (app/auth/policy.py decides by method): GET /images is a read; PATCH /images/{id} and
+POST /images/delete change the collection and need a write key.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import ColumnElement
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
+from app.collection import catalog
+from app.collection.filters import parse_filter, where
 from app.db.tables import Image
 from app.deps import CollectionDep, SettingsDep
 from app.errors import InvalidRequestError
+from app.files.thumbnails import Thumbnails
 from app.routes.images import ERRORS, ImageId
 from app.routes.strict import query_params
 from app.schemas import ImageOut
-from app.services import catalog
-from app.services.filters import parse_filter, where
-from app.services.thumbnails import Thumbnails
 
 router = APIRouter(prefix="/images", tags=["images"])
 

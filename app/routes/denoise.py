@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
+from app.collection.denoising import denoise, noise_config, require_autoencoder
 from app.deps import CollectionDep, SettingsDep
 from app.routes.uploads import read_upload
 from app.schemas import ErrorOut
-from app.services.denoising import denoise, noise_config, require_autoencoder
 
 router = APIRouter(tags=["autoencoder"])
 

@@ -3,7 +3,7 @@
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so on a machine without internet /docs is blank.
 The files come from the PyPI package fastapi-offline (Swagger UI 5, which reads OpenAPI 3.1); only its
 files are used: the routes are plain Starlette routes, like FastAPI's own docs routes, so they
-stay outside the API's key check, as before (declared public, app/auth.py). No /redoc: ReDoc still
+stay outside the API's key check, as before (declared public, app/auth/policy.py). No /redoc: ReDoc still
 fetches its logo from a CDN.
 """
 
@@ -18,7 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
-from app.auth import Access, declare
+from app.auth.policy import Access, declare
 
 ASSETS_URL = "/docs-assets"
 ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
@@ -58,7 +58,8 @@ SECURITY_SCHEME = "apiKey"
 def declare_api_keys(app: FastAPI) -> None:
     """Declare the bearer API-key scheme in the OpenAPI schema, so /docs has an Authorize button and its
     "Try it out" sends the key. Every operation lists it as optional (``{}``): the service is open until a key
-    exists, and reads stay open unless CBIR_READ_REQUIRES_KEY is set; app/auth.py decides per request."""
+    exists, and reads stay open unless CBIR_READ_REQUIRES_KEY is set; app/auth/policy.py decides each
+    request."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
 from app.deps import CollectionDep, SettingsDep
 from app.routes.images import ERRORS, ImageId
 from app.schemas import DuplicatesOut, SearchHit
-from app.services.duplicates import duplicates_of
+from app.search.duplicates import duplicates_of
 
 router = APIRouter(prefix="/images", tags=["images"])
 

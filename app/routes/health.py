@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
+from app.collection.facade import Collection
 from app.deps import CollectionDep
 from app.schemas import HealthOut, StatsOut
-from app.services.collection import Collection
 
 router = APIRouter(tags=["service"])
 

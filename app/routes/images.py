@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
 from app.deps import CollectionDep, SettingsDep
+from app.files.storage import media_type
+from app.files.thumbnails import Thumbnails
 from app.routes.uploads import OnDuplicate, duplicate_answer, parse_metadata, read_upload, upload_name
 from app.schemas import DeleteOut, ErrorOut, ImageOut, UploadOut
-from app.services.thumbnails import Thumbnails
-from app.storage import media_type
 
 router = APIRouter(prefix="/images", tags=["images"])
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.auth import Access, declare, policy
+from app.auth.policy import Access, declare, policy
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 

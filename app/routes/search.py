@@ -18,20 +18,21 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import UploadFile
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
+from app.collection import catalog
+from app.collection.facade import Collection, Hit
+from app.collection.filters import parse_filter
 from app.config import Settings
+from app.db import vectors as vectors_codec
 from app.deps import CollectionDep, SettingsDep
 from app.errors import CollectionMismatchError, InvalidRequestError
+from app.files.fetch import fetch_image
 from app.routes.catalog import FILTER_HELP
 from app.routes.images import ERRORS
 from app.routes.strict import unknown_query
 from app.routes.uploads import read_upload
 from app.schemas import SearchHit, SearchOut
-from app.services import catalog
-from app.services.collection import Collection, Hit
-from app.services.fetch import fetch_image
-from app.services.filters import parse_filter
-from app.services.queries import parse_box
+from app.search.queries import parse_box
 from index import SearchParams
 
 router = APIRouter(tags=["search"])
@@ -223,7 +224,7 @@ def _stored_or_given(collection: Collection, query: SearchQuery) -> tuple[np.nda
                 f"image {row.id} was embedded by '{row.encoder}', the service searches with "
                 f"'{collection.encoder.fingerprint}': retry once `cbir reindex` has finished"
             )
-        return np.frombuffer(row.vector, dtype="<f4").astype(np.float32), row.id
+        return vectors_codec.decode(row.vector), row.id
     vector = np.asarray(query.vector, dtype=np.float32)
     if vector.shape != (dim,):
         raise InvalidRequestError(

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from app.auth import Access, policy
+from app.auth.policy import Access, policy
 from app.deps import CollectionDep, SettingsDep
+from app.files.thumbnails import DEFAULT_SIZE, SIZES, Thumbnails, check_size, etag
 from app.routes.images import ERRORS, ImageId
-from app.services.thumbnails import DEFAULT_SIZE, SIZES, Thumbnails, check_size, etag
 
 router = APIRouter(prefix="/images", tags=["images"])
 

@@ -10,9 +10,9 @@ from starlette.datastructures import UploadFile
 from app.errors import InvalidImageError, InvalidMetadataError, PayloadTooLargeError
 
 if TYPE_CHECKING:
+    from app.collection.facade import Collection
     from app.db.tables import Image
     from app.schemas import UploadOut
-    from app.services.collection import Collection
 
 OnDuplicate = Literal["keep", "merge", "replace"]
 
@@ -59,8 +59,8 @@ def duplicate_answer(
     collection: Collection, existing: Image, meta: dict[str, Any] | None, on_duplicate: OnDuplicate
 ) -> UploadOut:
     """The answer to an upload of content already stored: what happened to the metadata it carried."""
+    from app.collection.catalog import patch_metadata
     from app.schemas import ImageOut, UploadOut
-    from app.services.catalog import patch_metadata
 
     if meta is None:
         return UploadOut(id=existing.id, duplicate=True, image=ImageOut.from_row(existing))

@@ -18,10 +18,10 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from app.auth import Access, MissingPolicyError, check_policies
+from app.auth.keys import Role, create_key, revoke_key
+from app.auth.policy import Access, MissingPolicyError, check_policies
 from app.main import create_app
 from app.routes import health
-from app.services.keys import Role, create_key, revoke_key
 from tests.helpers.images import image_bytes
 from tests.helpers.settings import tiny_settings
 

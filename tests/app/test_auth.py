@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from app.auth.keys import Role, create_key, revoke_key
 from app.cli import app as cli
 from app.config import Settings
 from app.main import create_app
-from app.services.keys import Role, create_key, revoke_key
 from tests.helpers.images import image_bytes
 
 

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.cli import app as cli
+from app.collection.facade import Collection
 from app.config import Settings
 from app.encoders import encoder_from_settings
+from app.jobs import bulk
+from app.jobs.backup import BackupError, backup, restore
 from app.main import create_app
-from app.services import bulk
-from app.services.backup import BackupError, backup, restore
-from app.services.collection import Collection
 from tests.helpers.images import image_bytes
 from tests.helpers.settings import tiny_settings
 

@@ -7,9 +7,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.cli import app
+from app.collection.facade import Collection
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.services.collection import Collection
 from index import VectorIndex
 from tests.helpers.images import image_bytes
 

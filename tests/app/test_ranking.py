@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from app.services.duplicates import duplicate_groups
+from app.search.duplicates import duplicate_groups
 from models import Encoder, build_encoder
 from tests.helpers.images import encode, image_bytes
 from tests.helpers.settings import tiny_settings
@@ -45,7 +45,7 @@ def encoder() -> Encoder:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[int, int]]]:
     """A collection of N distinct pictures; returns the client and seed -> image id."""
     # Geometric verification off: these tests check the cosine ranking and re-ranking themselves (a verified
-    # hit's score blends in P(same); tests/app/services/test_verification.py covers that).
+    # hit's score blends in P(same); tests/app/search/test_verification.py covers that).
     settings = tiny_settings(tmp_path_factory.mktemp("ranking"), backbone="cell_stats").model_copy(
         update={"verify_candidates": 0}
     )

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.collection.facade import Collection, Hit
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.services import bulk
-from app.services.collection import Collection, Hit
+from app.jobs import bulk
 
 pytestmark = pytest.mark.slow
 

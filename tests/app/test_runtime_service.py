@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 import models.runtimes.openvino as ov_runtime
 from app.cli import app as cli
+from app.collection.versions import FINGERPRINT_RUNTIMES, encoder_spec, settings_for
 from app.main import create_app
-from app.services.versions import FINGERPRINT_RUNTIMES, encoder_spec, settings_for
 from models.runtimes import available_runtimes, get_runtime
 from tests.helpers.images import image_bytes
 from tests.helpers.settings import tiny_settings

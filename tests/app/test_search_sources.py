@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.files import fetch
 from app.main import create_app
-from app.services import fetch
 from index import available_stores
 from tests.helpers.catalog import fill
 from tests.helpers.images import image_bytes

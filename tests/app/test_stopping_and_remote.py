@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 from app.config import Settings
+from app.jobs import bulk
 from app.main import create_app
 from app.progress_log import stop_on_signals
-from app.services import bulk
 from tests.app.test_cli import env as env  # the fixture
 from tests.app.test_cli import invoke
 from tests.helpers.collections import open_collection

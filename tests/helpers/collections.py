@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from app.collection.facade import Collection
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.services.collection import Collection
 
 
 def open_collection(settings: Settings) -> Collection:

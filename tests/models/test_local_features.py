@@ -80,5 +80,5 @@ def test_a_real_photo_s_edited_copy_matches_it_and_not_its_category_neighbour() 
     rng = np.random.default_rng(0)
     copy = EDITS["colour"](EDITS["rotate"](EDITS["crop"](original, rng), rng), rng)
     query = extract(jpeg(copy))
-    assert inliers(query, extract(original)) >= 28  # "same" (app/services/verification.py MIN_INLIERS)
+    assert inliers(query, extract(original)) >= 28  # "same" (app/search/verification.py MIN_INLIERS)
     assert inliers(query, extract(neighbour)) < 28

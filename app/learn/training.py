@@ -1,0 +1,93 @@
+"""`cbir train autoencoder`: a folder of the user's pictures -> a trained autoencoder checkpoint.
+
+Pictures are read and decoded exactly as the bulk job reads them (same decoder, same limits, threads), then
+prepared by the autoencoder's own preprocessing, so the model trains on what it will later be shown. Folder
+names are never read: training uses no labels. Identical files count once, so a folder with copies does not
+weigh some pictures twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from app.files.decoding import Prepared, Skipped, list_files, load_files
+from models.autoencoder import AutoencoderConfig, image_to_tensor
+from models.training import EpochReport, TrainConfig, TrainResult, train_autoencoder
+from models.training.autoencoder import StepCallback
+
+
+@dataclass
+class LoadedPictures:
+    images: torch.Tensor  # (N, channels, size, size) uint8
+    files: int
+    duplicates: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def load_pictures(
+    root: Path,
+    config: AutoencoderConfig,
+    *,
+    workers: int,
+    max_pixels: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LoadedPictures:
+    """Every readable picture under root as the network's uint8 input; the rest is listed as skipped."""
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory")
+    paths = list_files(root)
+    tensors: list[torch.Tensor] = []
+    seen: set[str] = set()
+    result = LoadedPictures(images=torch.zeros(0, dtype=torch.uint8), files=len(paths))
+    for done, item in enumerate(
+        load_files(paths, max_side=config.input_size, max_pixels=max_pixels, workers=workers), 1
+    ):
+        if isinstance(item, Prepared):
+            if item.sha256 in seen:
+                result.duplicates += 1
+            else:
+                seen.add(item.sha256)
+                pixels = image_to_tensor(item.decoded.image, config)
+                tensors.append(pixels.mul(255).round().to(torch.uint8))
+        else:
+            result.skipped.append(item)
+        if on_progress is not None:
+            on_progress(done, len(tensors))
+    if not tensors:
+        raise ValueError(f"no readable picture under {root}: nothing to train on")
+    result.images = torch.stack(tensors)
+    return result
+
+
+def train_from_folder(
+    pictures: LoadedPictures,
+    model_config: AutoencoderConfig,
+    train_config: TrainConfig,
+    out: Path,
+    *,
+    device: str,
+    resume: bool,
+    on_step: StepCallback | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainResult:
+    """Refuses to overwrite a checkpoint unless resuming it: a collection may be indexed with that model."""
+    if out.exists() and not resume:
+        raise ValueError(
+            f"{out} already exists: pass --resume to continue its training, or choose another output path"
+        )
+    if resume and not out.exists():
+        raise FileNotFoundError(f"--resume given but {out} does not exist: drop --resume to start a new run")
+    return train_autoencoder(
+        pictures.images,
+        model_config,
+        train_config,
+        out,
+        device=device,
+        resume=resume,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
