@@ -134,7 +134,8 @@ def insert_many(
     # executemany, then the ids by hash: far cheaper than RETURNING row by row
     session.execute(insert(Image), rows)
     new = [row["sha256"] for row in rows]
-    id_of = dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(new))).tuples())
+    found = session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(new)))
+    id_of = {digest: image_id for digest, image_id in found}
     ids = [id_of[digest] for digest in new]
     record_change(session, ADD, ids)
     return ids, fresh

@@ -58,4 +58,4 @@ class HeadFitter(Protocol):
         ...
 
 
-FITTERS: Registry[HeadFitter] = Registry("fitter", EncoderConfigError)
+FITTERS: Registry[HeadFitter] = Registry("fitter", error=EncoderConfigError)

@@ -1,7 +1,8 @@
 """A name -> entry table that refuses a second entry under one name and lists the known names on a miss.
 
-The shape is models/registry.py's `Registry[T]` (register(name) decorator, get(name), names()), which the
-index types and encoder kinds use too; this copy stands in until that module is on main, then goes.
+This is the subset fitters use of models/registry.py's `Registry[T]` (register(name) decorator, get(name),
+names(), ``in``; written on another branch at the same time), with the same messages and constructor: when
+that module is on main, base.py imports it from there and this file goes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __all__ = ["Registry"]
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, error: Callable[[str], Exception] = KeyError) -> None:
+    def __init__(self, kind: str, *, error: Callable[[str], Exception] = ValueError) -> None:
         self.kind = kind  # what an entry is, for the messages: "fitter", "index type"
         self._error = error
         self._entries: dict[str, T] = {}
