@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -60,12 +61,8 @@ def evaluate(
             on_progress=update,
             rerank=options_from_settings(settings),
         )
-    figures: dict[str, Any] = {"encoder": model.fingerprint, **report.as_dict()}
-    figures["rerank"] = asdict(options_from_settings(settings))
-    metrics_table(figures, CLASS_FIGURES, f"{directory} — {report.images} images, {report.classes} classes")
-    if report.skipped:
-        console.print(f"skipped {len(report.skipped)} unreadable files")
-    json_line(figures)
+    title = f"{directory} — {report.images} images, {report.classes} classes"
+    show_figures(settings, model, report.as_dict(), len(report.skipped), CLASS_FIGURES, title)
 
 
 def evaluate_instances(
@@ -84,10 +81,24 @@ def evaluate_instances(
             rerank=options_from_settings(settings),
             on_progress=update,
         )
-    figures: dict[str, Any] = {"encoder": model.fingerprint, **report.as_dict()}
-    figures["rerank"] = asdict(options_from_settings(settings))
     title = f"{directory} — {report.images} images, {report.queries} queries from {ground_truth}"
-    metrics_table(figures, INSTANCE_FIGURES, title)
-    if report.skipped:
-        console.print(f"skipped {len(report.skipped)} unreadable files")
+    show_figures(settings, model, report.as_dict(), len(report.skipped), INSTANCE_FIGURES, title)
+
+
+def show_figures(
+    settings: Settings,
+    model: ImageEncoder,
+    measured: Mapping[str, Any],
+    skipped: int,
+    columns: tuple[str, ...],
+    title: str,
+) -> None:
+    """The figures as a table, then as one JSON line with the encoder and re-ranking that made them."""
+    from app.search.reranking import options_from_settings
+
+    figures: dict[str, Any] = {"encoder": model.fingerprint, **measured}
+    figures["rerank"] = asdict(options_from_settings(settings))
+    metrics_table(figures, columns, title)
+    if skipped:
+        console.print(f"skipped {skipped} unreadable files")
     json_line(figures)

@@ -2,11 +2,13 @@
 
 Each command used to repeat the same block of options and build its settings from ``locals()``: a parameter
 misspelt in one command was silently no setting at all, and the help texts had drifted from the code
-(``--head`` listed three of five heads, ``--batch-size`` said 256 on CUDA where the settings said 32). Here:
+(``--head`` listed three of five heads; ``--batch-size`` and the settings disagreed on the CUDA default).
+Here:
 
 - ``FLAGS`` holds one flag per setting a command may take, named by the Settings field it sets; its help is
-  the field's description (or, for a registry-backed choice, the registry's names) with its CBIR_ variable
-  and default, so it cannot drift from the code.
+  the field's description, with its CBIR_ variable and default; where it lists what models/ holds (the
+  heads and backbones registered, the batch size chosen by device) the names are filled in from there
+  when the help is shown. So help cannot drift from the code.
 - ``@command(group, DATABASE, ENCODER, "batch_size")`` gives a command those flags. A name that is no flag
   fails at import, naming the known ones; so does a parameter of the command's own named like a setting
   (it would be taken for one and is not). The command receives ``settings`` (the environment with the
