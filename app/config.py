@@ -12,9 +12,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# models.backbones.DEFAULT_BACKBONE, written out: importing models loads torch (2 s), and `cbir --help` and
-# the commands that need no model must not pay for it (tests/app/test_cli_startup.py checks both).
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+# models.defaults imports no torch (2 s), which `cbir --help` and the commands that need no model must not pay
+# for (tests/app/test_cli_startup.py checks both).
+from app.encoders import normalise_encoder
+from models.defaults import DEFAULT_BACKBONE, DEFAULT_HEAD
+
+__all__ = ["DEFAULT_BACKBONE", "Settings"]
 
 
 class Settings(BaseSettings):
@@ -31,7 +34,7 @@ class Settings(BaseSettings):
         "backbone and head settings.",
     )
     backbone: str = DEFAULT_BACKBONE
-    head: str = "gap"
+    head: str = DEFAULT_HEAD
     weights: Path | None = Field(
         default=None, description="Backbone weights file (.pth) for a non-default backbone."
     )
@@ -198,10 +201,7 @@ class Settings(BaseSettings):
     def _absolute_checkpoint(cls, value: str | None) -> str | None:
         # The collection records this setting to rebuild its encoder (app/collection/versions.py): a relative
         # checkpoint path would name another file, or none, in a process started from another directory.
-        path = (value or "").strip().removeprefix("dae:").strip()
-        if value and value.strip().startswith("dae:") and path:
-            return f"dae:{Path(path).expanduser().resolve()}"
-        return value
+        return normalise_encoder(value)
 
     @property
     def db_url(self) -> str:
