@@ -37,7 +37,9 @@ from app.config import Settings
 from app.errors import CbirError
 from app.search.queries import parse_box
 from index import VectorIndexError
-from index.factory import MIN_TRAIN_VECTORS
+from index.factory import AUTO as AUTO_INDEX
+from index.factory import INDEX_TYPES, MIN_TRAIN_VECTORS
+from index.faiss.types import index_type as registered_index_type
 
 if TYPE_CHECKING:  # models (torch) is imported by the commands that need it, not by `cbir --help`
     from app.collection.facade import Collection
@@ -980,7 +982,8 @@ IndexTypeOption = Annotated[
     str | None,
     typer.Option(
         "--type",
-        help="auto, flat, ivf_flat, ivf_pq or hnsw [env CBIR_INDEX_TYPE; auto: by size and memory budget].",
+        help=f"auto or one of {', '.join(INDEX_TYPES)} [env CBIR_INDEX_TYPE; auto: by size and memory "
+        "budget].",
     ),
 ]
 
@@ -1007,7 +1010,8 @@ def index_build(
             f"(was {report.previous or 'no index'}); saved to {report.path}"
         )
         asked = settings.index_type
-        if asked in ("ivf_flat", "ivf_pq") and report.spec.type == "flat":
+        trains = asked != AUTO_INDEX and registered_index_type(asked).needs_training
+        if trains and report.spec.type == "flat":
             console.print(
                 f"{asked} needs at least {MIN_TRAIN_VECTORS} vectors to train on: below that the exact flat "
                 "index is built (and is fast at this size); run index-build again as the collection grows"
