@@ -349,4 +349,6 @@ class HNSW(IndexType):
         return dim * 4 + 8 + spec.hnsw_m * 2 * 4 * OVERHEAD
 
 
+# Last in the file: a snapshot of the registry that the settings' Literal and the tests' parametrisation read
+# at import, so a new type's class goes above this line.
 INDEX_TYPES: Final[tuple[str, ...]] = tuple(INDEX_TYPE_REGISTRY.names())
