@@ -25,7 +25,7 @@ import numpy as np
 from app.collection.facade import Collection
 from app.config import Settings
 from app.db import vectors as vectors_codec
-from app.errors import CbirError
+from app.errors import JobError
 from app.files.decoding import Skipped, StoredItem
 from app.jobs.bulk import BulkReport, Progress
 from app.jobs.loading import Loaded, LoadOptions, collate, load_item
@@ -36,7 +36,7 @@ from models import Encoder
 LOCAL = "local"
 
 
-class RayUnavailableError(CbirError):
+class RayUnavailableError(JobError):
     """Ray is not installed; the message says how to install it."""
 
 

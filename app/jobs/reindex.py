@@ -28,7 +28,7 @@ from app.db.changes import ENCODER_SWITCH, record_change
 from app.db.session import open_database
 from app.db.tables import Image, StagedVector
 from app.encoders import encoder_from_settings
-from app.errors import CbirError
+from app.errors import JobError
 from app.files.decoding import Prepared, Skipped, load_files
 from app.files.storage import FileStore
 from app.jobs.bulk import batched
@@ -42,9 +42,8 @@ __all__ = ["ReindexError", "ReindexReport", "reindex_collection", "stored_count"
 _MAX_ROUNDS = 20
 
 
-class ReindexError(CbirError):
-    status_code = 409
-    error = "reindex_failed"
+class ReindexError(JobError):
+    """A re-embedding that cannot go on; the message says what to do."""
 
 
 @dataclass
