@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.backbones import DEFAULT_BACKBONE, Backbone, build_backbone
+from models.backbones import Backbone, build_backbone
+from models.defaults import DEFAULT_BACKBONE, DEFAULT_HEAD
 from models.errors import EncoderConfigError
 from models.fitted import load_fitted
 from models.heads import Head, build_head
@@ -268,7 +269,7 @@ class Encoder:
 
 def build_encoder(
     backbone: str = DEFAULT_BACKBONE,
-    head: str = "gap",
+    head: str = DEFAULT_HEAD,
     *,
     weights: Path | None = None,
     max_side: int = 320,

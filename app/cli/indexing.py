@@ -13,7 +13,9 @@ from app.cli.options import DATABASE, ENCODER, READING, command
 from app.cli.progress import file_progress, index_progress, progress_bar, stop_on_signals
 from app.cli.render import capped, console, err_console
 from app.config import Settings
+from index.factory import AUTO as AUTO_INDEX
 from index.factory import MIN_TRAIN_VECTORS
+from index.faiss.types import index_type as registered_index_type
 
 commands = typer.Typer()
 
@@ -129,7 +131,8 @@ def index_build(settings: Settings) -> None:
         f"(was {report.previous or 'no index'}); saved to {report.path}"
     )
     asked = settings.index_type
-    if asked in ("ivf_flat", "ivf_pq") and report.spec.type == "flat":
+    trains = asked != AUTO_INDEX and registered_index_type(asked).needs_training
+    if trains and report.spec.type == "flat":
         console.print(
             f"{asked} needs at least {MIN_TRAIN_VECTORS} vectors to train on: below that the exact flat "
             "index is built (and is fast at this size); run index-build again as the collection grows"
