@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # for (tests/app/test_cli_startup.py checks both).
 from app.encoders import normalise_encoder
 from index.factory import AUTO, INDEX_TYPES
-from models.defaults import DEFAULT_BACKBONE, DEFAULT_HEAD
+from models.defaults import CPU_BATCH, CUDA_BATCH, DEFAULT_BACKBONE, DEFAULT_HEAD
 
 __all__ = ["DEFAULT_BACKBONE", "Settings"]
 
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=4096,
-        description="Images per forward pass; default by device (measured fastest: 4 on CPU, 32 on CUDA).",
+        description=f"Images per forward pass; default by device: {CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA.",
     )
     commit_every: int = Field(
         default=256, ge=1, description="Bulk job: commit database and index every N images."

@@ -55,21 +55,12 @@ def _backbone_names() -> list[str]:
     return available_backbones()
 
 
-def _batch_sizes() -> list[str]:
-    # The encoder's own defaults: app/config.py's description of batch_size still says 32 on CUDA, which
-    # models/encoder.py changed to 256 (for the README's GPU figures).
-    from models import encoder
-
-    return [f"{encoder._CPU_BATCH} on CPU", f"{encoder._CUDA_BATCH} on CUDA"]
-
-
 # Help texts that list what models/ holds (a registry's names, a default chosen by device) say so with one
 # of these marks, filled in when a command's help is shown: importing models, so torch, which `cbir --help`
 # and the help of the commands that need no model never do (tests/app/test_cli_startup.py).
 FROM_MODELS: dict[str, Callable[[], list[str]]] = {
     "{heads}": _head_names,
     "{backbones}": _backbone_names,
-    "{batch_sizes}": _batch_sizes,
 }
 
 
@@ -136,7 +127,7 @@ FLAGS: dict[str, Flag] = _declare(
     Flag("scales"),
     Flag("fitted"),
     Flag("device"),
-    Flag("batch_size", help="Images per forward pass; default by device: {batch_sizes}"),
+    Flag("batch_size"),
     Flag("workers"),
     Flag("commit_every"),
     Flag("gpu_decode", ("--gpu-decode/--no-gpu-decode",)),

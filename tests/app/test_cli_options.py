@@ -63,10 +63,13 @@ def test_each_flag_helps_with_its_settings_description(setting: str) -> None:
 
 
 def test_the_batch_size_help_says_what_the_encoder_does() -> None:
-    from models import encoder
+    from models import build_encoder
+    from models.defaults import CPU_BATCH, CUDA_BATCH
 
     shown = help_text("index")
-    assert f"default by device: {encoder._CPU_BATCH} on CPU, {encoder._CUDA_BATCH} on CUDA" in shown
+    assert f"default by device: {CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA" in shown
+    encoder = build_encoder(backbone="tiny_random", max_side=64, device="cpu")
+    assert encoder.batch_size == CPU_BATCH  # what the encoder really takes on this CPU
 
 
 def test_a_flag_for_no_setting_is_refused_at_import() -> None:
