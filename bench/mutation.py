@@ -688,7 +688,15 @@ def run_tests(repo: Path, tests: list[str], timeout: float, postgresql: bool) ->
         pass
     os.close(read)
     lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
-    return status == 0, lines[-1] if lines else f"exit {status}"
+    summary = lines[-1] if lines else f"exit {status}"
+    # The test that killed it, from pytest's short summary ("FAILED tests/...::test_x[p] - message").
+    failed = [
+        word
+        for line in lines
+        if line.startswith(("FAILED ", "ERROR "))
+        for word in line.split(" - ")[0].split()[1:2]
+    ]
+    return status == 0, f"{summary}; by {failed[0]}" if failed else summary
 
 
 def main() -> None:
