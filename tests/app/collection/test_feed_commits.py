@@ -18,10 +18,13 @@ from sqlalchemy import event, text
 from app.collection.facade import Collection
 from app.config import Settings
 from app.db.tables import Image
-from tests.app.collection.test_collection import add
 from tests.helpers.collections import open_collection
 from tests.helpers.images import image_bytes
 from tests.helpers.waiting import wait_until
+
+
+def add(collection: Collection, seeds: range) -> list[int]:
+    return [collection.add_upload(image_bytes(seed), f"{seed}.jpg").image.id for seed in seeds]
 
 
 def _bulk(collection: Collection, _ids: list[int]) -> None:
