@@ -1,6 +1,6 @@
 """Mutation testing: break the product one line at a time and see whether the fast tests notice.
 
-    python bench/mutation.py [--only MODULE] [--timeout S] [--postgresql]
+    python bench/mutation.py [--only MODULE] [--match TEXT] [--timeout S] [--postgresql]
     python bench/mutation.py --check     # only check that every mutant still finds its line (seconds)
 
 Each mutant is one line a developer could plausibly get wrong in the modules where that changes what a
@@ -710,6 +710,7 @@ def run_tests(repo: Path, tests: list[str], timeout: float, postgresql: bool) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--only", choices=sorted(TESTS), help="one module's mutants")
+    parser.add_argument("--match", default="", help="only the mutants whose description contains this")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -721,7 +722,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.postgresql and not os.environ.get("CBIR_TEST_POSTGRES_URL"):
         sys.exit("--postgresql needs CBIR_TEST_POSTGRES_URL (start a server: bash .ci/postgres.sh)")
-    selected = [m for m in MUTANTS if args.only in (None, m.module)]
+    selected = [
+        m for m in MUTANTS if args.only in (None, m.module) and args.match.lower() in m.reason.lower()
+    ]
     files, problems = locate(ROOT, selected)
     if problems:
         print(
