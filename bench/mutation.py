@@ -649,7 +649,9 @@ def run_tests(repo: Path, tests: list[str], timeout: float, postgresql: bool) ->
     """(passed, summary); a timeout counts as a failure (the mutant hangs the product). pytest runs in a
     forked child of this process, in `repo`, with `repo` first on sys.path."""
     databases = [] if postgresql else ["-k", "not postgresql"]
-    args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *databases, *tests]
+    # The preloaded plugins cannot have their own asserts rewritten: harmless, so not warned about.
+    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *quiet, *databases, *tests]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: run pytest, its output into the pipe
