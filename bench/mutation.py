@@ -115,20 +115,20 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "ranking",
-        "        return (sums / np.maximum(norms, 1e-12)).astype(np.float32)",
-        "        return sums.astype(np.float32)",
+        "return (sums / np.maximum(norms, 1e-12)).astype(np.float32)",
+        "return sums.astype(np.float32)",
         "database-side augmented vectors are not normalised: DBA scores above 1",
     ),
     Mutant(
         "ranking",
-        "    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)",
-        "    return vectors.astype(np.float32)",
+        "return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)",
+        "return vectors.astype(np.float32)",
         "_unit_rows normalises nothing",
     ),
     Mutant(
         "ranking",
-        "    if not options.active:",
-        "    if options.active:",
+        "if not options.active:",
+        "if options.active:",
         "re-ranking runs when switched off and is skipped when on",
     ),
     Mutant(
@@ -186,8 +186,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "access",
-        "    if not role.allows(needed):",
-        "    if False:",
+        "if not role.allows(needed):",
+        "if False:",
         "a read key writes",
     ),
     Mutant(
@@ -231,20 +231,20 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "ingest",
-        "            if result.sha256 in self.seen:",
-        "            if False:",
+        "if result.sha256 in self.seen:",
+        "if False:",
         "the bulk job embeds a repeated file once per copy",
     ),
     Mutant(
         "ingest",
-        "                        if item.sha256 not in taken:",
-        "                        if True:",
+        "if item.sha256 not in taken:",
+        "if True:",
         "the bulk job stores a second copy of a picture uploaded while it runs",
     ),
     Mutant(
         "ingest",
-        "        return len(ids), len(items) - len(ids)",
-        "        return len(ids), 0",
+        "return len(ids), len(items) - len(ids)",
+        "return len(ids), 0",
         "the bulk job's report says no duplicates",
     ),
     Mutant(
@@ -272,8 +272,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "ingest",
-        "                    parent[max(a, b)] = min(a, b)",
-        "                    pass",
+        "parent[max(a, b)] = min(a, b)",
+        "pass",
         "`cbir duplicates` finds no groups",
     ),
     Mutant(
@@ -285,8 +285,8 @@ MUTANTS: list[Mutant] = [
     # -- the vector store ------------------------------------------------------------------------------------
     Mutant(
         "vector_store",
-        "        scores[found < 0] = -np.inf",
-        "        scores[found < 0] = 0.0",
+        "scores[found < 0] = -np.inf",
+        "scores[found < 0] = 0.0",
         "padding slots score 0 instead of -inf",
     ),
     Mutant(
@@ -303,14 +303,14 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "vector_store",
-        '            order = np.argsort(-row_scores, kind="stable")',
-        '            order = np.argsort(row_scores, kind="stable")',
+        'order = np.argsort(-row_scores, kind="stable")',
+        'order = np.argsort(row_scores, kind="stable")',
         "near-duplicates listed least similar first",
     ),
     Mutant(
         "vector_store",
-        "        if (counts > 1).any():",
-        "        if False:",
+        "if (counts > 1).any():",
+        "if False:",
         "an id added twice in one batch is stored twice",
     ),
     Mutant(
@@ -321,14 +321,14 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "vector_store",
-        "            self._id_set.difference_update(known)",
-        "            pass",
+        "self._id_set.difference_update(known)",
+        "pass",
         "a removed id still counts as stored",
     ),
     Mutant(
         "vector_store",
-        "            keep = row_ids >= 0",
-        "            keep = row_ids >= -1",
+        "keep = row_ids >= 0",
+        "keep = row_ids >= -1",
         "range search may answer id -1",
         equivalent="FAISS range_search answers only stored ids (it never pads with -1), so the filter "
         "removes nothing",
@@ -455,8 +455,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "milvus",
-        "        present = self._present(wanted)",
-        "        present = wanted",
+        "present = self._present(wanted)",
+        "present = wanted",
         "removing ids Milvus does not hold reports them removed",
     ),
     # -- filters ---------------------------------------------------------------------------------------------
@@ -498,8 +498,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "filters",
-        "    return and_(*parts)",
-        "    return or_(*parts)",
+        "return and_(*parts)",
+        "return or_(*parts)",
         "a range ($gte and $lt on one key) matches when either bound holds",
     ),
     Mutant(
@@ -534,8 +534,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "filters",
-        "    return value.upper()",
-        "    return value",
+        "return value.upper()",
+        "return value",
         'a format filter in lower case ("png") matches nothing',
     ),
     Mutant(
