@@ -14,9 +14,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from app.learn.fitters.registry import Registry
 from models import EncoderConfigError
 from models.heads import Head
+from models.registry import Registry
 
 __all__ = ["DEFAULT_ASSIGNMENT_RATIO", "FITTERS", "FitOptions", "HeadFit", "HeadFitter"]
 
