@@ -48,8 +48,9 @@ from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
 from app.files.decoding import list_files  # noqa: E402
 from app.jobs.bulk import index_files  # noqa: E402
-from app.jobs.loading import LoadOptions, batch_loader  # noqa: E402
-from app.jobs.pipeline import DeviceStage, ShapeBatcher, embed, wait_for  # noqa: E402
+from app.jobs.device import DeviceStage, wait_for  # noqa: E402
+from app.jobs.embed import EmbedStage  # noqa: E402
+from app.jobs.reader import ReadOptions, batch_loader  # noqa: E402
 from app.jobs.sources import SourceItem  # noqa: E402
 from models import Encoder, decode_image  # noqa: E402
 from models.preprocess import normalise_pixels, pixels_from_image  # noqa: E402
@@ -132,19 +133,19 @@ def decoder_cosines(encoder: Encoder, settings: Settings, paths: list[Path]) -> 
     """Cosine between descriptors of the same files decoded on the GPU (nvJPEG) and on the CPU (PIL)."""
     vectors: list[dict[str, np.ndarray]] = []
     for on_gpu in (True, False):
-        options = LoadOptions(encoder.max_side, settings.max_pixels, device_jpeg=on_gpu)
+        options = ReadOptions(encoder.max_side, settings.max_pixels, device_jpeg=on_gpu)
         stage = DeviceStage(encoder, max_pixels=settings.max_pixels)
         found: dict[str, np.ndarray] = {}
         items = [SourceItem(path) for path in paths]
         loader = batch_loader(items, options, batch_size=encoder.batch_size, workers=settings.workers)
-        batcher = ShapeBatcher(encoder.batch_size, pad=True, max_waiting=4 * encoder.batch_size)
+        embedder = EmbedStage(encoder, max_waiting=4 * encoder.batch_size)
         for batch in loader:
             ready = stage(batch)
             wait_for(ready, encoder.device)
-            for chunk in batcher.add(ready):
-                found.update(zip([i.sha256 for i in chunk.items], embed(encoder, chunk), strict=True))
-        for chunk in batcher.flush():
-            found.update(zip([i.sha256 for i in chunk.items], embed(encoder, chunk), strict=True))
+            for embedded in embedder.add(ready):
+                found.update(zip([i.sha256 for i in embedded.items], embedded.vectors(), strict=True))
+        for embedded in embedder.flush():
+            found.update(zip([i.sha256 for i in embedded.items], embedded.vectors(), strict=True))
         vectors.append(found)
     gpu, cpu = vectors
     cosines = np.array([float(gpu[key] @ cpu[key]) for key in gpu if key in cpu])

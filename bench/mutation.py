@@ -229,7 +229,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "ingest",
-        "app/jobs/pipeline.py",
+        "app/jobs/device.py",
         "            if result.sha256 in self.seen:",
         "            if False:",
         "the bulk job embeds a repeated file once per copy",

@@ -29,10 +29,13 @@ from app.db.session import open_database
 from app.db.tables import Image, StagedVector
 from app.encoders import encoder_from_settings
 from app.errors import CbirError
-from app.files.decoding import Prepared, Skipped, load_files
+from app.files.decoding import Skipped
+from app.files.locate import path_to_read
 from app.files.storage import FileStore
 from app.jobs.bulk import batched
 from app.jobs.index_build import build_from_rows, index_file_lock, spec_for_collection
+from app.jobs.reader import load_files
+from app.jobs.records import ImageRecord
 from models import ImageEncoder
 
 __all__ = ["ReindexError", "ReindexReport", "reindex_collection", "stored_count"]
@@ -141,8 +144,7 @@ def _stage(
     paths: list[Path] = []
     id_of: dict[str, int] = {}
     for image_id, sha256, fmt, source_path in todo:
-        stored = files.path_for(sha256, fmt)
-        path = stored if stored.exists() or not source_path else Path(source_path)
+        path = path_to_read(files, sha256, fmt, source_path)
         paths.append(path)
         id_of[str(path.resolve())] = image_id
     done = 0
@@ -150,7 +152,7 @@ def _stage(
         paths, max_side=encoder.max_side, max_pixels=settings.max_pixels, workers=settings.workers
     )
     for batch in batched(loaded, encoder.batch_size):
-        good = [item for item in batch if isinstance(item, Prepared)]
+        good = [item for item in batch if isinstance(item, ImageRecord)]
         report.skipped.extend(item for item in batch if isinstance(item, Skipped))
         if good:
             vectors = encoder.embed([item.decoded.image for item in good])

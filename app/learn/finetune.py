@@ -32,7 +32,9 @@ from torchvision.transforms import v2
 
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.files.decoding import Prepared, Skipped, load_files
+from app.files.decoding import Skipped
+from app.jobs.reader import load_files
+from app.jobs.records import ImageRecord
 from app.learn.fit import learn_projection, parameters_of
 from models import EncoderConfigError
 from models.encoder import Encoder
@@ -229,7 +231,7 @@ def _views(
             if isinstance(item, Skipped):
                 skipped.append(item)
             elif item.sha256 not in seen:  # an identical file would be its own negative
-                assert isinstance(item, Prepared)
+                assert isinstance(item, ImageRecord)
                 seen.add(item.sha256)
                 pixels = pixels_from_image(item.decoded.image, encoder.max_side)
                 pending.extend(augment(pixels) for _ in range(options.views))

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from app.config import Settings
-from app.files.decoding import Prepared, Skipped, load_files
+from app.files.decoding import Skipped
+from app.jobs.reader import load_files
+from app.jobs.records import ImageRecord
 from models import EncoderConfigError, build_encoder, to_tensor
 from models.encoder import Encoder, parse_scales
 from models.fitted import FittedParameters, save_fitted
@@ -272,7 +274,7 @@ def _feature_maps(
         if isinstance(item, Skipped):
             skipped.append(item)
         else:
-            assert isinstance(item, Prepared)
+            assert isinstance(item, ImageRecord)
             batch = to_tensor(item.decoded.image, encoder.max_side)[None]
             maps.append([fmap.to("cpu", torch.float16) for fmap in encoder.feature_maps(batch)])
         if on_progress is not None:
@@ -298,13 +300,10 @@ def stored_image_paths(settings: Settings) -> list[Path]:
 
     from app.db.session import open_database
     from app.db.tables import Image
+    from app.files.locate import path_to_read
     from app.files.storage import FileStore
 
     with open_database(settings.db_url, upgrade=False) as db, db.sessions() as session:
         rows = session.execute(select(Image.sha256, Image.format, Image.source_path).order_by(Image.id)).all()
     files = FileStore(settings.images_dir)
-    paths: list[Path] = []
-    for sha256, fmt, source_path in rows:
-        stored = files.path_for(sha256, fmt)
-        paths.append(stored if stored.exists() or not source_path else Path(source_path))
-    return paths
+    return [path_to_read(files, sha256, fmt, source_path) for sha256, fmt, source_path in rows]

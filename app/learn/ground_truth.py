@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.files.decoding import Prepared, Skipped, list_files, load_files
+from app.files.decoding import Skipped, list_files
 from app.jobs.bulk import batched
+from app.jobs.reader import load_files
+from app.jobs.records import ImageRecord
 from app.search.reranking import NeighbourCache, RerankOptions, rank
 from index import VectorIndex
 from models import Encoder, ImageEncoder, decode_image
@@ -110,7 +112,7 @@ def evaluate_ground_truth(
         load_files(paths, max_side=encoder.max_side, max_pixels=max_pixels, workers=workers),
         encoder.batch_size,
     ):
-        good = [item for item in batch if isinstance(item, Prepared)]
+        good = [item for item in batch if isinstance(item, ImageRecord)]
         skipped.extend(item for item in batch if isinstance(item, Skipped))
         if good:
             vectors.append(encoder.embed([item.decoded.image for item in good]))

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from app.files.decoding import Prepared, Skipped, list_files, load_files
+from app.files.decoding import Skipped, list_files
+from app.jobs.reader import load_files
+from app.jobs.records import ImageRecord
 from models.autoencoder import AutoencoderConfig, image_to_tensor
 from models.training import EpochReport, TrainConfig, TrainResult, train_autoencoder
 from models.training.autoencoder import StepCallback
@@ -46,7 +48,7 @@ def load_pictures(
     for done, item in enumerate(
         load_files(paths, max_side=config.input_size, max_pixels=max_pixels, workers=workers), 1
     ):
-        if isinstance(item, Prepared):
+        if isinstance(item, ImageRecord):
             if item.sha256 in seen:
                 result.duplicates += 1
             else:
