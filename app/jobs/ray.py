@@ -28,11 +28,11 @@ from app.config import Settings
 from app.db import vectors as vectors_codec
 from app.errors import CbirError
 from app.files.decoding import Skipped
-from app.jobs.bulk import read_options
 from app.jobs.device import DeviceStage, wait_for
 from app.jobs.embed import Embedded, EmbedStage
 from app.jobs.reader import collate, read_file
 from app.jobs.records import ImageRecord
+from app.jobs.runner import read_options
 from app.jobs.sources import SourceItem
 from app.jobs.writer import BulkReport, Progress, Writer
 

@@ -32,13 +32,22 @@ from models import ImageDecodeError, decode_image
 from models.device_decode import routes_to_device
 from models.preprocess import pixels_from_image, probe_image
 
-__all__ = ["ReadBatch", "ReadOptions", "batch_loader", "collate", "load_files", "read_file"]
+__all__ = [
+    "Known",
+    "ReadBatch",
+    "ReadOptions",
+    "batch_loader",
+    "collate",
+    "load_files",
+    "nothing_known",
+    "read_file",
+]
 
 Known = Callable[[str], bool]  # sha256 -> already in the collection
 Read = tuple[ImageRecord | Skipped, torch.Tensor | None]
 
 
-def _nothing_known(_digest: str) -> bool:
+def nothing_known(_digest: str) -> bool:
     return False
 
 
@@ -50,7 +59,7 @@ class ReadOptions:
     pictures: bool = False  # keep the decoded picture in the record instead of returning pixels
 
 
-def read_file(item: SourceItem, options: ReadOptions, known: Known = _nothing_known) -> Read:
+def read_file(item: SourceItem, options: ReadOptions, known: Known = nothing_known) -> Read:
     """The record of one file (or why it was skipped), and its CPU-decoded pixels when the options ask for
     pixels and the GPU does not take it."""
     path = item.path
@@ -88,7 +97,7 @@ def load_files(
     max_side: int,
     max_pixels: int,
     workers: int,
-    known: Known = _nothing_known,
+    known: Known = nothing_known,
     lookahead: int = 256,
 ) -> Iterator[ImageRecord | Skipped]:
     """Records with their decoded pictures, read in a thread pool and yielded in input order."""
@@ -146,7 +155,7 @@ def batch_loader(
     *,
     batch_size: int,
     workers: int,
-    known: Known = _nothing_known,
+    known: Known = nothing_known,
     pin_memory: bool = False,
 ) -> DataLoader[Any]:
     """Batches of records with their pixels in input order, `workers` processes reading ahead (two batches
