@@ -40,7 +40,7 @@ from app.db import migrate
 from app.db import vectors as vectors_codec
 from app.db.changes import DELETE, record_change
 from app.db.tables import Image
-from app.errors import CbirError
+from app.errors import JobError
 from app.files.locate import image_file
 from app.files.storage import FileStore
 from index import IndexFileError, IndexMismatchError, VectorIndex
@@ -56,9 +56,8 @@ CHUNK = 1024 * 1024
 Progress = Callable[[int, int], None]  # (files done, files in all)
 
 
-class BackupError(CbirError):
-    status_code = 400
-    error = "backup_failed"
+class BackupError(JobError):
+    """A backup or restore that cannot be made; the message says why."""
 
 
 @dataclass

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from app.collection.catalog import Rows, condition
 from app.db import vectors as vectors_codec
 from app.db.tables import Image
-from app.errors import CbirError
+from app.errors import ApiError, JobError
 from app.files.decoding import sha256_of
 from app.jobs.records import ImageRecord
 
@@ -33,9 +33,8 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 BATCH = 64
 
 
-class ExportError(CbirError):
-    status_code = 422
-    error = "invalid_export"
+class ExportError(JobError):
+    """An export or import file that cannot be written or read."""
 
 
 def _format_of(path: Path) -> str:
@@ -192,7 +191,7 @@ def import_records(collection: Collection, source: Path) -> ImportReport:
         else:
             try:
                 embed.append(collection.prepare_upload(data, name, meta))
-            except CbirError as exc:
+            except ApiError as exc:
                 report.skipped.append(f"{where}: {exc.detail}")
                 continue
         if len(reuse) + len(embed) >= BATCH:

@@ -26,7 +26,7 @@ import numpy as np
 from app.collection.facade import Collection
 from app.config import Settings
 from app.db import vectors as vectors_codec
-from app.errors import CbirError
+from app.errors import JobError
 from app.files.decoding import Skipped
 from app.jobs.device import DeviceStage, wait_for
 from app.jobs.embed import Embedded, EmbedStage
@@ -39,7 +39,7 @@ from app.jobs.writer import BulkReport, Progress, Writer
 LOCAL = "local"
 
 
-class RayUnavailableError(CbirError):
+class RayUnavailableError(JobError):
     """Ray is not installed; the message says how to install it."""
 
 

@@ -29,7 +29,7 @@ from app.db.changes import ENCODER_SWITCH, record_change
 from app.db.session import open_database
 from app.db.tables import Image, StagedVector
 from app.encoders import encoder_from_settings
-from app.errors import CbirError
+from app.errors import JobError
 from app.files.decoding import Skipped
 from app.files.locate import path_to_read
 from app.files.storage import FileStore
@@ -46,9 +46,8 @@ __all__ = ["ReindexError", "ReindexReport", "reindex_collection", "stored_count"
 _MAX_ROUNDS = 20
 
 
-class ReindexError(CbirError):
-    status_code = 409
-    error = "reindex_failed"
+class ReindexError(JobError):
+    """A re-embedding that cannot go on; the message says what to do."""
 
 
 @dataclass
