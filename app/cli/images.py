@@ -177,16 +177,15 @@ def images_export(
     path_prefix: PrefixOption = None,
 ) -> None:
     """Write id, path, metadata, file location (and optionally the vector) of every image."""
+    from app.files.locate import image_file
     from app.files.storage import FileStore
     from app.jobs import export
 
     files = FileStore(settings.images_dir)
 
     def file_of(row: Any) -> str | None:
-        stored = files.path_for(row.sha256, row.format)
-        if stored.exists():
-            return str(stored.resolve())
-        return row.source_path
+        found = image_file(files, row.sha256, row.format, row.source_path)
+        return str(found.resolve()) if found is not None else row.source_path
 
     records = export.records(
         open_rows(settings), file_of, vectors=vectors, spec=parse_filter(filter_), path_prefix=path_prefix

@@ -34,9 +34,11 @@ from app.db.changes import DELETE, UPDATE, record_change
 from app.db.session import make_session_factory, open_database
 from app.db.tables import Image
 from app.errors import InvalidRequestError, NotFoundError
-from app.files.decoding import Prepared, Storable, decode_or_raise, sha256_of
+from app.files.decoding import Storable, decode_or_raise, sha256_of
+from app.files.locate import image_file, looked_at
 from app.files.storage import FileStore
 from app.gate import InferenceGate, ServiceBusyError
+from app.jobs.records import ImageRecord
 from app.observability import NO_METER, InferenceMeter
 from app.search.queries import Box, check_box, scaled_box
 from app.search.reranking import NeighbourCache, RerankOptions, options_from_settings
@@ -172,13 +174,13 @@ class Collection:
             return (encoder or self.encoder).embed(images)
 
     def embed_prepared(
-        self, items: Sequence[Prepared], *, bounded: bool = False, encoder: ImageEncoder | None = None
+        self, items: Sequence[ImageRecord], *, bounded: bool = False, encoder: ImageEncoder | None = None
     ) -> np.ndarray:
         return self.embed_images([item.decoded.image for item in items], bounded=bounded, encoder=encoder)
 
-    def prepare_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> Prepared:
+    def prepare_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> ImageRecord:
         decoded = self._decode(data)
-        return Prepared(sha256_of(data), data, decoded, original_name=name, meta=meta or {})
+        return ImageRecord.of_picture(sha256_of(data), data, decoded, name=name, meta=meta)
 
     def embed_query(
         self, data: bytes, box: Box | None = None, encoder: ImageEncoder | None = None
@@ -360,16 +362,11 @@ class Collection:
         return row
 
     def file_path(self, row: Image) -> Path:
-        stored = self.files.path_for(row.sha256, row.format)
-        if stored.exists():
-            return stored
-        if row.source_path and Path(row.source_path).exists():
-            return Path(row.source_path)
-        raise NotFoundError(
-            f"the file of image {row.id} is missing (looked at {stored}"
-            + (f" and {row.source_path}" if row.source_path else "")
-            + ")"
-        )
+        found = image_file(self.files, row.sha256, row.format, row.source_path)
+        if found is None:
+            places = " and ".join(map(str, looked_at(self.files, row.sha256, row.format, row.source_path)))
+            raise NotFoundError(f"the file of image {row.id} is missing (looked at {places})")
+        return found
 
     def search_vectors(
         self,

@@ -23,7 +23,8 @@ from app.collection.catalog import Rows, condition
 from app.db import vectors as vectors_codec
 from app.db.tables import Image
 from app.errors import ApiError, JobError
-from app.files.decoding import StoredItem, sha256_of
+from app.files.decoding import sha256_of
+from app.jobs.records import ImageRecord
 
 if TYPE_CHECKING:
     from app.collection.facade import Collection
@@ -138,7 +139,7 @@ def import_records(collection: Collection, source: Path) -> ImportReport:
 
     report = ImportReport()
     fingerprint = collection.encoder.fingerprint
-    reuse: list[tuple[StoredItem, np.ndarray]] = []
+    reuse: list[tuple[ImageRecord, np.ndarray]] = []
     embed: list[Any] = []
 
     def flush() -> None:
@@ -177,7 +178,7 @@ def import_records(collection: Collection, source: Path) -> ImportReport:
             and record.get("encoder") == fingerprint
             and len(vector) == collection.encoder.dim
         ):
-            item = StoredItem(
+            item = ImageRecord(
                 record["sha256"],
                 data,
                 int(record["width"]),

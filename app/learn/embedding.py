@@ -16,7 +16,9 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from app.files.decoding import Prepared, Skipped, load_files
+from app.files.decoding import Skipped
+from app.jobs.reader import load_files
+from app.jobs.records import ImageRecord
 from models import ImageEncoder
 
 __all__ = ["Embedded", "Reading", "embed_files", "embed_vectors"]
@@ -37,13 +39,13 @@ class Reading:
 @dataclass(frozen=True)
 class Embedded(Generic[T]):
     positions: list[int]  # of the pictures in the paths given, in order
-    pictures: list[Prepared]
+    pictures: list[ImageRecord]
     output: T  # what ``embed`` made of the pictures
 
 
 def embed_files(
     paths: Sequence[Path],
-    embed: Callable[[list[Prepared]], T],
+    embed: Callable[[list[ImageRecord]], T],
     *,
     max_side: int,
     max_pixels: int,
@@ -59,7 +61,7 @@ def embed_files(
     reading = reading if reading is not None else Reading()
     seen: set[str] = set()
     positions: list[int] = []
-    pictures: list[Prepared] = []
+    pictures: list[ImageRecord] = []
     reported = 0
 
     def report() -> None:

@@ -32,7 +32,8 @@ from torchvision.transforms import v2
 
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.files.decoding import Prepared, Skipped
+from app.files.decoding import Skipped
+from app.jobs.records import ImageRecord
 from app.learn.embedding import Reading, embed_files
 from app.learn.fit import learn_projection, parameters_of
 from models import EncoderConfigError
@@ -209,7 +210,7 @@ def _views(
     augment = augmentation(options.crop)
     folders: dict[Path, int] = {}
 
-    def views_of(pictures: list[Prepared]) -> list[torch.Tensor]:
+    def views_of(pictures: list[ImageRecord]) -> list[torch.Tensor]:
         """Per scale, (pictures x views, C, h, w) float16 feature maps of the pictures' augmented views."""
         pixels = [pixels_from_image(picture.decoded.image, encoder.max_side) for picture in pictures]
         batch = normalise_pixels(torch.stack([augment(p) for p in pixels for _ in range(options.views)]))

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from app.config import Settings
-from app.files.decoding import Prepared, Skipped
+from app.files.decoding import Skipped
+from app.jobs.records import ImageRecord
 from app.learn.embedding import Reading, embed_files
 from app.learn.fitters import DEFAULT_ASSIGNMENT_RATIO, FITTERS, FitOptions
 from app.learn.fitters.netvlad import kmeans_centroids
@@ -213,7 +214,7 @@ def _feature_maps(
 ) -> tuple[list[list[torch.Tensor]], list[Skipped]]:
     """Per readable image, its (1, C, h, w) float16 maps at every scale, in input order."""
 
-    def maps_of(pictures: list[Prepared]) -> list[torch.Tensor]:
+    def maps_of(pictures: list[ImageRecord]) -> list[torch.Tensor]:
         [picture] = pictures
         batch = to_tensor(picture.decoded.image, encoder.max_side)[None]
         return [fmap.to("cpu", torch.float16) for fmap in encoder.feature_maps(batch)]
@@ -240,13 +241,10 @@ def stored_image_paths(settings: Settings) -> list[Path]:
 
     from app.db.session import open_database
     from app.db.tables import Image
+    from app.files.locate import path_to_read
     from app.files.storage import FileStore
 
     with open_database(settings.db_url, upgrade=False) as db, db.sessions() as session:
         rows = session.execute(select(Image.sha256, Image.format, Image.source_path).order_by(Image.id)).all()
     files = FileStore(settings.images_dir)
-    paths: list[Path] = []
-    for sha256, fmt, source_path in rows:
-        stored = files.path_for(sha256, fmt)
-        paths.append(stored if stored.exists() or not source_path else Path(source_path))
-    return paths
+    return [path_to_read(files, sha256, fmt, source_path) for sha256, fmt, source_path in rows]

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from app.config import Settings
-from app.files.decoding import Prepared, list_files
+from app.files.decoding import list_files
+from app.jobs.records import ImageRecord
 from app.learn.embedding import embed_files
 from models import EncoderConfigError, build_backbone, to_tensor
 from models.runtimes import RuntimeContext
@@ -34,7 +35,7 @@ def calibration_inputs(
 ) -> tuple[list[torch.Tensor], list[str]]:
     """(network inputs, sha256 of each picture) of up to ``samples`` decodable pictures among ``paths``."""
 
-    def network_inputs(pictures: list[Prepared]) -> list[torch.Tensor]:
+    def network_inputs(pictures: list[ImageRecord]) -> list[torch.Tensor]:
         return [to_tensor(picture.decoded.image, max_side) for picture in pictures]
 
     tensors: list[torch.Tensor] = []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from app.files.decoding import Prepared, Skipped, list_files
+from app.files.decoding import Skipped, list_files
+from app.jobs.records import ImageRecord
 from app.learn.embedding import Reading, embed_files
 from models.autoencoder import AutoencoderConfig, image_to_tensor
 from models.training import EpochReport, TrainConfig, TrainResult, train_autoencoder
@@ -42,7 +43,7 @@ def load_pictures(
         raise NotADirectoryError(f"{root} is not a directory")
     paths = list_files(root)
 
-    def network_input(pictures: list[Prepared]) -> torch.Tensor:
+    def network_input(pictures: list[ImageRecord]) -> torch.Tensor:
         [picture] = pictures
         return image_to_tensor(picture.decoded.image, config).mul(255).round().to(torch.uint8)
 

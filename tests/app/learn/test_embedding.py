@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.files.decoding import Prepared, list_files
+from app.files.decoding import list_files
+from app.jobs.records import ImageRecord
 from app.learn.embedding import Embedded, Reading, embed_files
 from tests.helpers.images import image_bytes
 
@@ -22,7 +23,7 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def names(pictures: list[Prepared]) -> list[str]:
+def names(pictures: list[ImageRecord]) -> list[str]:
     return [picture.original_name for picture in pictures]
 
 
