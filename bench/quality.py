@@ -159,8 +159,7 @@ def embed_paths(
             saved["runtime"],
             True,
         )
-    per_scale = {scale: _encoder(settings, "gap", forward=True, scales=(scale,)) for scale in SCALES}
-    multiscale_encoder = _encoder(settings, "gap", scales=SCALES)
+    per_scale, multiscale_encoder = _embedding_encoders(settings)
     forward_s = dict.fromkeys(SCALES, 0.0)
     pool_s = 0.0
     maps: dict[int, torch.Tensor] = {}
@@ -227,6 +226,19 @@ def embed_paths(
             cache_file,
         )
     return data
+
+
+_EMBEDDING: dict[str, tuple[dict[float, Encoder], Encoder]] = {}
+
+
+def _embedding_encoders(settings: Settings) -> tuple[dict[float, Encoder], Encoder]:
+    """One encoder per scale on the service's runtime, and the multi-scale pooling, built once per run:
+    each runtime encoder compiles its model (seconds on a busy machine), and every dataset and copy part
+    uses the same ones."""
+    if settings.runtime not in _EMBEDDING:
+        per_scale = {scale: _encoder(settings, "gap", forward=True, scales=(scale,)) for scale in SCALES}
+        _EMBEDDING[settings.runtime] = per_scale, _encoder(settings, "gap", scales=SCALES)
+    return _EMBEDDING[settings.runtime]
 
 
 @dataclass
