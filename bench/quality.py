@@ -92,6 +92,7 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 SCALES = (1.0, 0.7071, 0.5)
 CIFAR_QUERIES_PER_CLASS = 100
 CIFAR_P_AT = 100
+CHECKPOINT = 1000  # images embedded between two part files of an embedding in progress (--cache)
 COPIES_PER_PART = {"corel": 150, "cifar": 100}  # edited copies per part (tuned, held-out) and dataset
 
 
@@ -167,6 +168,39 @@ def embed_paths(
     pending: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
     batch_size = per_scale[1.0].batch_size
     started = time.perf_counter()
+    # An interrupted embedding goes on where it stopped: every CHECKPOINT images are kept in a part file.
+    parts = sorted(cache_file.parent.glob(f"{cache_file.stem}.part*.pt")) if cache_file else []
+    for part_file in parts:
+        saved = torch.load(part_file, weights_only=False)
+        maps.update(saved["maps"])
+        multiscale.update(saved["multiscale"])
+        pool_s += saved["pool_s"]
+        for scale in SCALES:
+            forward_s[scale] += saved["forward_s"][scale]
+    if parts:
+        print(f"  {name}: {len(maps)} images from {len(parts)} part files", file=sys.stderr)
+    done = set(maps)
+    fresh: list[int] = []
+    last = {"pool": pool_s, **{str(scale): forward_s[scale] for scale in SCALES}}  # at the last part
+
+    def checkpoint() -> None:
+        """The images embedded since the last part file, with the seconds they took, in a new one."""
+        if cache_file is None or not fresh:
+            return
+        part_file = cache_file.parent / f"{cache_file.stem}.part{len(parts):03d}.pt"
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "maps": {i: maps[i] for i in fresh},
+                "multiscale": {i: multiscale[i] for i in fresh},
+                "pool_s": pool_s - last["pool"],
+                "forward_s": {scale: forward_s[scale] - last[str(scale)] for scale in SCALES},
+            },
+            part_file,
+        )
+        parts.append(part_file)
+        last.update({"pool": pool_s, **{str(scale): forward_s[scale] for scale in SCALES}})
+        fresh.clear()
 
     def run(group: list[tuple[int, torch.Tensor]]) -> None:
         """Same-size pictures share a batch of the encoder's size, as Encoder.embed batches them."""
@@ -184,14 +218,19 @@ def embed_paths(
         for row, (position, _) in enumerate(group):
             maps[position] = scale_maps[0][row : row + 1].to(torch.float16)
             multiscale[position] = pooled[row]
+            fresh.append(position)
         if len(maps) // 500 != (len(maps) - len(group)) // 500:
-            rate = len(maps) / (time.perf_counter() - started)
+            rate = (len(maps) - len(done)) / (time.perf_counter() - started)
             print(f"  {name}: {len(maps)}/{len(paths)} images, {rate:.1f} img/s", file=sys.stderr)
+        if len(fresh) >= CHECKPOINT:
+            checkpoint()
 
     loaded = load_files(
         paths, max_side=settings.max_side, max_pixels=settings.max_pixels, workers=settings.workers
     )
     for position, item in enumerate(loaded):
+        if position in done:
+            continue
         if not isinstance(item, Prepared):
             print(f"  skipped {item.path}: {item.reason}", file=sys.stderr)
             continue
@@ -225,6 +264,8 @@ def embed_paths(
             },
             cache_file,
         )
+        for part_file in parts:
+            part_file.unlink()
     return data
 
 
