@@ -7,14 +7,25 @@ inside ``create_app``/the CLI, never at import time, so tests can point a whole 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# models.backbones.DEFAULT_BACKBONE, written out: importing models loads torch (2 s), and `cbir --help` and
-# the commands that need no model must not pay for it (tests/app/test_cli_startup.py checks both).
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+# models.defaults imports no torch (2 s), which `cbir --help` and the commands that need no model must not pay
+# for (tests/app/test_cli_startup.py checks both).
+from app.encoders import normalise_encoder
+from index.factory import AUTO, INDEX_TYPES
+from models.defaults import CPU_BATCH, CUDA_BATCH, DEFAULT_BACKBONE, DEFAULT_HEAD
+
+__all__ = ["DEFAULT_BACKBONE", "Settings"]
+
+# The index types registered in index/faiss/types.py, as a Literal so that a wrong name is refused with the
+# list (`Input should be 'auto', 'flat', ...`); mypy, which cannot read a computed Literal, sees a str.
+if TYPE_CHECKING:
+    IndexTypeSetting = str
+else:
+    IndexTypeSetting = Literal[(AUTO, *INDEX_TYPES)]
 
 
 class Settings(BaseSettings):
@@ -31,7 +42,7 @@ class Settings(BaseSettings):
         "backbone and head settings.",
     )
     backbone: str = DEFAULT_BACKBONE
-    head: str = "gap"
+    head: str = DEFAULT_HEAD
     weights: Path | None = Field(
         default=None, description="Backbone weights file (.pth) for a non-default backbone."
     )
@@ -69,10 +80,10 @@ class Settings(BaseSettings):
         "being the same picture as the query; 0: off.",
     )
     # Vector index (index/factory.py; README "Index types"). auto: Flat while exact search is fast enough,
-    # then IVF-Flat while the vectors fit the memory budget, else IVF-PQ.
-    index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = Field(
-        default="auto",
-        description="auto, flat, ivf_flat, ivf_pq or hnsw; `cbir index-build` applies a change.",
+    # then HNSW while it fits the memory budget, then IVF-Flat, else IVF-PQ.
+    index_type: IndexTypeSetting = Field(
+        default=AUTO,
+        description=f"{AUTO} or one of {', '.join(INDEX_TYPES)}; `cbir index-build` applies a change.",
     )
     index_memory_mb: int = Field(
         default=8192, ge=16, description="Memory budget of the index for the auto choice (IVF-PQ beyond it)."
@@ -90,7 +101,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=4096,
-        description="Images per forward pass; default by device (measured fastest: 4 on CPU, 32 on CUDA).",
+        description=f"Images per forward pass; default by device: {CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA.",
     )
     commit_every: int = Field(
         default=256, ge=1, description="Bulk job: commit database and index every N images."
@@ -198,10 +209,7 @@ class Settings(BaseSettings):
     def _absolute_checkpoint(cls, value: str | None) -> str | None:
         # The collection records this setting to rebuild its encoder (app/collection/versions.py): a relative
         # checkpoint path would name another file, or none, in a process started from another directory.
-        path = (value or "").strip().removeprefix("dae:").strip()
-        if value and value.strip().startswith("dae:") and path:
-            return f"dae:{Path(path).expanduser().resolve()}"
-        return value
+        return normalise_encoder(value)
 
     @property
     def db_url(self) -> str:

@@ -12,17 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar
 
-from app.errors import CbirError
-
-
-class ServiceBusyError(CbirError):
-    status_code = 503
-    error = "busy"
-    # 2 s, measured with bench/load.py at 32 clients: against 1 s, half the refusals and a p99 of ~185 ms
-    # instead of ~250 (each refusal still costs both sides a request); 3 s answered fewer for no gain.
-    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "2"}
+from app.errors import ServiceBusyError
 
 
 class InferenceGate:

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 
 from app import observability
 from app.auth.keys import any_active
@@ -17,7 +16,7 @@ from app.auth.policy import Access, check_policies, declare, matched_policy
 from app.collection.facade import Collection
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.errors import error_response, install_error_handlers
+from app.errors import PayloadTooLargeError, error_response, install_error_handlers
 from app.head_requests import HeadAsGet
 from app.routes import catalog, denoise, docs, duplicates, health, images, pages, search, thumbnails
 
@@ -84,13 +83,11 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         # Refuse a body we would refuse anyway before it is read and spooled to disk.
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_SLACK:
-            return JSONResponse(
-                {
-                    "error": "payload_too_large",
-                    "detail": f"the request is {length} bytes, above the {settings.max_upload_bytes} byte "
-                    "upload limit (CBIR_MAX_UPLOAD_BYTES)",
-                },
-                status_code=413,
+            return error_response(
+                PayloadTooLargeError(
+                    f"the request is {length} bytes, above the {settings.max_upload_bytes} byte "
+                    "upload limit (CBIR_MAX_UPLOAD_BYTES)"
+                )
             )
         return await call_next(request)
 

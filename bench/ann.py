@@ -56,7 +56,9 @@ K = 10
 MIN_SIDE = 0.3  # a crop keeps at least 30 % of the map's width and of its height
 TARGET_RECALL = 0.95
 TARGET_P99_MS = 5.0
-SWEEPS = {"ivf_flat": (4, 8, 16, 32, 64), "ivf_pq": (4, 8, 16, 32, 64), "hnsw": (16, 32, 64, 128, 256)}
+# Values swept for each type's search knob (index/faiss/types.py, IndexType.search_knob), and its label.
+SWEEPS = {"nprobe": (4, 8, 16, 32, 64), "ef_search": (16, 32, 64, 128, 256)}
+KNOB_LABELS = {"nprobe": "nprobe", "ef_search": "efSearch"}
 
 
 # ---------------------------------------------------------------------- feature maps
@@ -185,16 +187,19 @@ def measure(
     print(f"  built in {build_s:.1f} s, {memory_mb:,.0f} MiB", file=sys.stderr)
     rows = []
     settings: list[tuple[str, SearchParams | None]] = [("-", None)]
-    if kind in ("ivf_flat", "ivf_pq"):
-        settings = [(f"nprobe={p}", SearchParams(nprobe=p)) for p in SWEEPS[kind] if p <= spec.nlist]
-    elif kind == "hnsw":
-        settings = [(f"efSearch={e}", SearchParams(ef_search=e)) for e in SWEEPS[kind]]
+    knob = spec.kind.search_knob
+    if knob is not None:
+        settings = [
+            (f"{KNOB_LABELS[knob]}={value}", SearchParams(**{knob: value}))
+            for value in SWEEPS[knob]
+            if not spec.is_ivf or value <= spec.nlist  # no more cells to probe than there are
+        ]
     for label, params in settings:
         index.search_threads = None  # all cores for the batched recall measurement
         _, found = index.search(queries, K, params)
         recall = recall_at_k(found, truth)
         index.search_threads = threads
-        timed = queries[:flat_queries] if kind == "flat" else queries
+        timed = queries[:flat_queries] if spec.kind.exact else queries
         lat = latencies_ms(index, timed, params)
         row = {
             "setting": label,
@@ -235,7 +240,7 @@ def measure_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri
     build_s = time.perf_counter() - tick
     print(f"  built in {build_s:.1f} s (inserts, flush and index)", file=sys.stderr)
     rows = []
-    for ef in SWEEPS["hnsw"]:
+    for ef in SWEEPS["ef_search"]:
         params = SearchParams(ef_search=ef)
         _, found = store.search(queries, K, params=params)
         recall = recall_at_k(found, truth)
@@ -266,12 +271,8 @@ def measure_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri
 
 def _at_default(spec: IndexSpec, rows: list[dict[str, object]]) -> dict[str, object]:
     """The row measured at the spec's own default search parameter (what the service uses)."""
-    wanted = {
-        "ivf_flat": f"nprobe={spec.nprobe}",
-        "ivf_pq": f"nprobe={spec.nprobe}",
-        "hnsw": f"efSearch={spec.ef_search}",
-    }
-    label = wanted.get(spec.type, "-")
+    knob = spec.kind.search_knob
+    label = "-" if knob is None else f"{KNOB_LABELS[knob]}={getattr(spec, knob)}"
     return next((row for row in rows if row["setting"] == label), rows[0])
 
 

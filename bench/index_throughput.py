@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 from app.collection.facade import Collection  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
-from app.files.decoding import list_files  # noqa: E402
+from app.files.decoding import Skipped, list_files  # noqa: E402
 from app.jobs.bulk import index_files  # noqa: E402
-from app.jobs.loading import LoadOptions, batch_loader  # noqa: E402
-from app.jobs.pipeline import DeviceStage, ShapeBatcher, embed, wait_for  # noqa: E402
+from app.jobs.embed import Embedded  # noqa: E402
+from app.jobs.runner import run_stages  # noqa: E402
 from app.jobs.sources import SourceItem  # noqa: E402
 from models import Encoder, decode_image  # noqa: E402
 from models.preprocess import normalise_pixels, pixels_from_image  # noqa: E402
@@ -128,24 +129,26 @@ def query_latencies(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def vectors_by_sha256(
+    encoder: Encoder, settings: Settings, paths: list[Path], on_gpu: bool
+) -> dict[str, np.ndarray]:
+    """Each file's descriptor as `cbir index` makes it, with nvJPEG decoding the JPEGs or not."""
+    found: dict[str, np.ndarray] = {}
+
+    def keep(embedded: Sequence[Embedded], _dropped: int, _skipped: Sequence[Skipped]) -> None:
+        for batch in embedded:
+            found.update(zip([item.sha256 for item in batch.items], batch.vectors(), strict=True))
+
+    items = [SourceItem(path) for path in paths]
+    run_stages(
+        items, encoder, keep, max_pixels=settings.max_pixels, gpu_decode=on_gpu, workers=settings.workers
+    )
+    return found
+
+
 def decoder_cosines(encoder: Encoder, settings: Settings, paths: list[Path]) -> dict[str, float]:
     """Cosine between descriptors of the same files decoded on the GPU (nvJPEG) and on the CPU (PIL)."""
-    vectors: list[dict[str, np.ndarray]] = []
-    for on_gpu in (True, False):
-        options = LoadOptions(encoder.max_side, settings.max_pixels, device_jpeg=on_gpu)
-        stage = DeviceStage(encoder, max_pixels=settings.max_pixels)
-        found: dict[str, np.ndarray] = {}
-        items = [SourceItem(path) for path in paths]
-        loader = batch_loader(items, options, batch_size=encoder.batch_size, workers=settings.workers)
-        batcher = ShapeBatcher(encoder.batch_size, pad=True, max_waiting=4 * encoder.batch_size)
-        for batch in loader:
-            ready = stage(batch)
-            wait_for(ready, encoder.device)
-            for chunk in batcher.add(ready):
-                found.update(zip([i.sha256 for i in chunk.items], embed(encoder, chunk), strict=True))
-        for chunk in batcher.flush():
-            found.update(zip([i.sha256 for i in chunk.items], embed(encoder, chunk), strict=True))
-        vectors.append(found)
+    vectors = [vectors_by_sha256(encoder, settings, paths, on_gpu) for on_gpu in (True, False)]
     gpu, cpu = vectors
     cosines = np.array([float(gpu[key] @ cpu[key]) for key in gpu if key in cpu])
     return {

@@ -68,7 +68,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.files.decoding import Prepared, decode_or_raise, list_files, load_files  # noqa: E402
+from app.files.decoding import decode_or_raise, list_files  # noqa: E402
+from app.jobs.reader import load_files  # noqa: E402
+from app.jobs.records import ImageRecord  # noqa: E402
 from app.learn.evaluation import average_precisions  # noqa: E402
 from app.learn.finetune import FinetuneOptions, finetune_encoder  # noqa: E402
 from app.learn.fit import FitOptions, fit_parameters  # noqa: E402
@@ -231,7 +233,7 @@ def embed_paths(
     for position, item in enumerate(loaded):
         if position in done:
             continue
-        if not isinstance(item, Prepared):
+        if not isinstance(item, ImageRecord):
             print(f"  skipped {item.path}: {item.reason}", file=sys.stderr)
             continue
         tensor = to_tensor(item.decoded.image, settings.max_side)

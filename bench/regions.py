@@ -1,15 +1,17 @@
 """Region queries on Corel-1K: an object cut from one photo, pasted into a photo of another class, searched by
 its box (plain and re-ranked) and by the whole composite picture.
 
-The default encoder over the first 20 photos of each class (as tests/app/test_roi_corel.py, which runs ten
-of these queries); two objects per class (its 6th and 8th photo). Prints each query's rank of the photo the
-object came from (None: not in the top 100) and how many are in the top 5; the last line is JSON.
+The default encoder over the first 20 photos of each class; two objects per class (its 6th and 8th photo).
+tests/app/test_roi_corel.py runs ten of these queries with ``composite`` and ``rank_of`` from here. Prints
+each query's rank of the photo the object came from (None: not in the top 100) and how many are in the top
+5; the last line is JSON.
 
     python bench/regions.py
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import tempfile
@@ -18,15 +20,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.collection.facade import Collection  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app.collection.facade import Collection, Hit  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
 from app.jobs import bulk  # noqa: E402
 from app.search.reranking import RerankOptions  # noqa: E402
-from tests.app.conftest import COREL  # noqa: E402
-from tests.app.test_roi_corel import PER_CLASS, composite, rank_of  # noqa: E402
 
+COREL = ROOT.parent / "shared" / "datasets" / "corel1k"
+PER_CLASS = 20
 WAYS = ("region_plain", "region_reranked", "whole")
+
+
+def composite(object_photo: Path, background_photo: Path) -> tuple[bytes, tuple[int, int, int, int]]:
+    """The background photo with the middle half (each way) of the object photo pasted at its lower right."""
+    source = Image.open(object_photo).convert("RGB")
+    background = Image.open(background_photo).convert("RGB")
+    w, h = source.size
+    part = source.crop((w // 4, h // 4, w * 3 // 4, h * 3 // 4))
+    x, y = background.width - part.width - 8, background.height - part.height - 8
+    background.paste(part, (x, y))
+    buffer = io.BytesIO()
+    background.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue(), (x, y, x + part.width, y + part.height)
+
+
+def rank_of(name: str, hits: list[Hit]) -> int | None:
+    names = [Path(hit.image.original_name).name for hit in hits]  # as indexed: class/file
+    return names.index(name) + 1 if name in names else None
 
 
 def main() -> None:

@@ -94,12 +94,14 @@ def speed_batches(tensors: list[torch.Tensor], size: int) -> list[torch.Tensor]:
 def child_start(runtime: str, settings: Settings, picture: Path) -> dict[str, float]:
     """Start-up of a fresh process from the cache: imports, encoder, first vector; and its peak RSS."""
     code = (
-        "import time; t = time.perf_counter(); import sys, json, resource; sys.path.insert(0, sys.argv[1]);"
+        "import time; t = time.perf_counter(); import sys, json; sys.path.insert(0, sys.argv[1]);"
         "from models import build_encoder, decode_image; from pathlib import Path;"
         "e = build_encoder(runtime=sys.argv[2], runtime_cache=Path(sys.argv[3]), device='cpu');"
         "e.embed([decode_image(Path(sys.argv[4]).read_bytes(), max_side=e.max_side).image]);"
-        "print(json.dumps({'start_s': time.perf_counter() - t,"
-        " 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
+        # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak across fork + exec, so every
+        # child reported the bench's own ~3 GiB.
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1];"
+        "print(json.dumps({'start_s': time.perf_counter() - t, 'rss_mib': int(hwm) / 1024}))"
     )
     args = [str(ROOT), runtime, str(settings.runtime_cache_dir), str(picture)]
     out = subprocess.run(

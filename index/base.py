@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from models.registry import Registry
+
 Float32Array = npt.NDArray[np.float32]
 Int64Array = npt.NDArray[np.int64]
 
@@ -62,26 +64,19 @@ class VectorStore(Protocol):
 
 
 StoreFactory = Callable[..., VectorStore]
-_STORES: dict[str, StoreFactory] = {}
+_STORES: Registry[StoreFactory] = Registry(
+    "vector store", unknown="unknown vector store {name!r}: one of {known}"
+)
 
 
 def register_store(name: str) -> Callable[[StoreFactory], StoreFactory]:
     """Register ``factory(dim=, fingerprint=, **options) -> VectorStore`` under ``name``."""
-
-    def decorate(factory: StoreFactory) -> StoreFactory:
-        if name in _STORES:
-            raise ValueError(f"vector store {name!r} is already registered (by {_STORES[name].__module__})")
-        _STORES[name] = factory
-        return factory
-
-    return decorate
+    return _STORES.register(name)
 
 
 def available_stores() -> list[str]:
-    return sorted(_STORES)
+    return _STORES.names()
 
 
 def build_store(name: str, *, dim: int, fingerprint: str, **options: Any) -> VectorStore:
-    if name not in _STORES:
-        raise ValueError(f"unknown vector store {name!r}: one of {', '.join(available_stores())}")
-    return _STORES[name](dim=dim, fingerprint=fingerprint, **options)
+    return _STORES.get(name)(dim=dim, fingerprint=fingerprint, **options)

@@ -9,7 +9,7 @@ facts needed to trust it can never disagree::
                                 format_version  int   (2)
                                 dim             int   vector dimension
                                 fingerprint     str   encoder fingerprint that produced the vectors
-                                index_type      str   flat, ivf_flat, ivf_pq or hnsw (absent: flat)
+                                index_type      str   a name in index/faiss/types.py (absent: flat)
                                 params          obj   the type's build and default search parameters
                                 build_id        str   new for every index built from scratch; kept by saves
                                 description     str   faiss index_factory string (informational)
@@ -94,7 +94,7 @@ class SearchParams:
 
 
 class VectorIndex:
-    """Inner-product FAISS index keyed by the database row ids, of one of the types in ``index/factory.py``.
+    """Inner-product FAISS index keyed by the database row ids, of a type in ``index/faiss/types.py``.
 
     Flat and HNSW sit in an IndexIDMap2 rather than an IndexIDMap because its reverse map (id -> position) is
     what makes ``reconstruct`` by id possible. IVF indexes store the ids in their lists and get a hashtable
@@ -187,6 +187,10 @@ class VectorIndex:
         with self._lock:
             return len(self._id_set)
 
+    def count(self) -> int:
+        """The VectorStore protocol's name for ``ntotal``."""
+        return self.ntotal
+
     @property
     def tombstones(self) -> int:
         """HNSW slots of removed ids, still in memory until the index is rebuilt; 0 for the other types."""
@@ -258,7 +262,7 @@ class VectorIndex:
             known = sorted({i for i in id_arr.tolist() if i in self._id_set})
             if not known:
                 return 0
-            if self.spec.type == "hnsw":
+            if self.spec.kind.tombstones:
                 removed = self._tombstone(known)
             else:
                 removed = int(self._index.remove_ids(np.asarray(known, dtype=np.int64)))
@@ -284,22 +288,18 @@ class VectorIndex:
         ``selector``: a FAISS IDSelector the search keeps to (IndexIDMap2 translates it to its positions).
         """
         params = params or SearchParams()
-        if self.spec.is_ivf:
-            nprobe = params.nprobe or self.spec.nprobe
-            out = _faiss.SearchParametersIVF(nprobe=nprobe)
-            if self._hnsw_quantizer:
-                # The cells come from a graph walk over the centroids: its candidate list must be well beyond
-                # nprobe or cells are missed. (Adds keep FAISS's short default: one cell per vector.)
-                out.quantizer_params = _faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
-        elif self.spec.type == "hnsw":
-            out = _faiss.SearchParametersHNSW(efSearch=params.ef_search or self.spec.ef_search)
-            if self._tombstones and selector is None:
-                # Only non-negative ids are members: the tombstones (-1) are skipped during the graph walk.
-                out.sel = faiss.IDSelectorRange(0, _INT64_MAX)
-        elif selector is not None:
+        out = self.spec.kind.search_parameters(self.spec, params.nprobe, params.ef_search)
+        if out is None:
+            if selector is None and not self._tombstones:
+                return None
             out = _faiss.SearchParameters()
-        else:
-            return None
+        if self._hnsw_quantizer:
+            # The cells come from a graph walk over the centroids: its candidate list must be well beyond
+            # nprobe or cells are missed. (Adds keep FAISS's short default: one cell per vector.)
+            out.quantizer_params = _faiss.SearchParametersHNSW(efSearch=max(64, 2 * out.nprobe))
+        if self._tombstones and selector is None:
+            # Only non-negative ids are members: the tombstones (-1) are skipped during the graph walk.
+            out.sel = faiss.IDSelectorRange(0, _INT64_MAX)
         if selector is not None:
             out.sel = selector  # a batch of real ids never holds a tombstone's -1
         return out
@@ -359,7 +359,7 @@ class VectorIndex:
         got_scores, got = self._index.search(q, width, params=self._faiss_params(params, selector))
         scores[:], found[:] = got_scores, got
         expected = min(width, len(allowed))
-        if self.spec.type != "flat" and ((found >= 0).sum(axis=1) < expected).any():
+        if not self.spec.kind.exact and ((found >= 0).sum(axis=1) < expected).any():
             return self._exact_allowed(q, width, allowed)
         return scores, found
 

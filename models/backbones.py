@@ -15,8 +15,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from models.defaults import DEFAULT_BACKBONE
 from models.errors import EncoderConfigError
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from models.registry import Registry
 from models.weights import load_by_name, load_state_dict, remap_by_position, weights_id
 
 if TYPE_CHECKING:
@@ -46,38 +48,23 @@ class Backbone:
 
 BackboneBuilder = Callable[[Path | None], Backbone]
 
-# The embedded default: Lite0's ImageNet weights run as they were trained (see tf_efficientnet_lite0), which
-# measured mAP 0.911 / P@10 0.972 on Corel-1K against 0.860 / 0.961 for timm's PyTorch-style graph.
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-
-_REGISTRY: dict[str, BackboneBuilder] = {}
+_REGISTRY: Registry[BackboneBuilder] = Registry(
+    "backbone", unknown="unknown backbone {name!r}; known backbones: {known}", error=EncoderConfigError
+)
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Make a builder available under `name`; registering a name twice is a mistake, not an override."""
-
-    def decorator(builder: BackboneBuilder) -> BackboneBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
+    return _REGISTRY.register(name)
 
 
 def available_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_backbone(name: str, weights: Path | None = None) -> Backbone:
     """Build by name; `weights` replaces the default weights file (same architecture, any known naming)."""
-    try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise EncoderConfigError(
-            f"unknown backbone {name!r}; known backbones: {', '.join(available_backbones())}"
-        ) from None
-    return builder(weights)
+    return _REGISTRY.get(name)(weights)
 
 
 # --- EfficientNet-Lite0 --------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.backbones import DEFAULT_BACKBONE, Backbone, build_backbone
+from models.backbones import Backbone, build_backbone
+from models.defaults import CPU_BATCH, CUDA_BATCH, DEFAULT_BACKBONE, DEFAULT_HEAD
 from models.errors import EncoderConfigError
 from models.fitted import load_fitted
 from models.heads import Head, build_head
@@ -33,8 +34,6 @@ _MIN_SIDE = 32
 # Images per forward pass. On CPU, small batches keep the activations in cache: Lite0 at 320 px runs ~2x
 # faster with batches of 4 than of 16 on a 2-core machine. On GPU, bigger batches keep the device busy
 # (the README's H100 figures, 14,000 img/s for Lite0 at 320 px, are at 256).
-_CPU_BATCH = 4
-_CUDA_BATCH = 256
 
 
 class Encoder:
@@ -65,7 +64,7 @@ class Encoder:
         self.head_name = head.name
         self.max_side = max_side
         self.device = device
-        self.batch_size = batch_size or (_CUDA_BATCH if device.type == "cuda" else _CPU_BATCH)
+        self.batch_size = batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
         self.scales = _check_scales(scales, max_side)
         if projection is not None and projection.in_dim != head.out_dim:
             raise EncoderConfigError(
@@ -268,7 +267,7 @@ class Encoder:
 
 def build_encoder(
     backbone: str = DEFAULT_BACKBONE,
-    head: str = "gap",
+    head: str = DEFAULT_HEAD,
     *,
     weights: Path | None = None,
     max_side: int = 320,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
@@ -23,7 +23,7 @@ from starlette.types import Scope
 
 from app.auth.keys import Role, any_active, role_of
 from app.deps import get_collection
-from app.errors import CbirError
+from app.errors import ForbiddenError, UnauthorizedError
 
 
 class Access(StrEnum):
@@ -35,17 +35,6 @@ class Access(StrEnum):
     @property
     def role(self) -> Role | None:
         return None if self is Access.public else Role(self.value)
-
-
-class UnauthorizedError(CbirError):
-    status_code = 401
-    error = "unauthorized"
-    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
-
-
-class ForbiddenError(CbirError):
-    status_code = 403
-    error = "forbidden"
 
 
 class MissingPolicyError(RuntimeError):

@@ -12,7 +12,7 @@ import io
 
 import torch
 
-from app.errors import CbirError
+from app.errors import InvalidNoiseError, NotAnAutoencoderError
 from app.files.decoding import decode_or_raise
 from models import ImageEncoder
 from models.autoencoder import AutoencoderEncoder, tensor_to_image
@@ -22,18 +22,6 @@ HOW_TO_CONFIGURE = (
     "train one with `cbir train autoencoder DIR -o model.pt`, then start the service with "
     "CBIR_ENCODER=dae:model.pt (or --encoder dae:model.pt)"
 )
-
-
-class NotAnAutoencoderError(CbirError):
-    """The configured encoder has no decoder, so there is nothing to reconstruct with."""
-
-    status_code = 409
-    error = "not_an_autoencoder"
-
-
-class InvalidNoiseError(CbirError):
-    status_code = 422
-    error = "invalid_noise"
 
 
 def require_autoencoder(encoder: ImageEncoder) -> AutoencoderEncoder:

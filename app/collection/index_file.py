@@ -1,7 +1,7 @@
 """The collection's vector index at open, and the FAISS file it lives in: which store, load or rebuild, and
-what identifies a file's build (app/collection/facade.py follows and saves it).
+what identifies a file's build, and saving it unless another process has replaced it meanwhile.
 
-Split from collection.py along the seam the vector-store work made: opening is a job of its own, and a
+Split from the façade along the seam the vector-store work made: opening is a job of its own, and a
 shared store (CBIR_VECTOR_STORE=milvus, app/collection/stores.py) has no file at all.
 """
 
@@ -15,17 +15,18 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.collection import stores
+from app.collection.versions import read_active_fingerprint
 from app.config import Settings
 from app.db.session import make_session_factory
 from app.db.tables import Image
 from app.errors import CollectionMismatchError
-from app.jobs.index_build import build_from_rows, spec_for_collection
+from app.jobs.index_build import build_from_rows, index_file_lock, spec_for_collection
 from index import AUTO, IndexFileError, IndexMismatchError, VectorIndex, VectorIndexError
 from models import ImageEncoder
 
 log = logging.getLogger("cbir.collection")
 
-__all__ = ["build_on_disk", "describe", "open_index", "stamp"]
+__all__ = ["build_on_disk", "describe", "open_index", "save_unless_replaced", "stamp"]
 
 
 def open_index(settings: Settings, engine: Engine, encoder: ImageEncoder) -> tuple[VectorIndex, bool]:
@@ -101,6 +102,24 @@ def build_on_disk(path: Path, fingerprint: str) -> str | None:
     except VectorIndexError:
         return None
     return str(header["build_id"]) if header["fingerprint"] == fingerprint else None
+
+
+def save_unless_replaced(
+    index: VectorIndex, path: Path, engine: Engine, *, new_build: bool
+) -> tuple[int, int, int] | None:
+    """Save ``index`` to ``path`` unless the file now holds another build of the index (``new_build``: this
+    index is one, built at open, and replaces whatever the file holds); returns the saved file's stamp."""
+    if read_active_fingerprint(engine) not in (None, index.fingerprint):
+        return None  # `cbir reindex` switched the collection: the index file is the new encoder's now
+    with index_file_lock(path):
+        on_disk = build_on_disk(path, index.fingerprint)
+        if on_disk is not None and on_disk != index.build_id and not new_build:
+            # Another process built a new index (`cbir index-build`): it wins; this process picks it up
+            # (app/collection/swaps.py) and replays its own rows into it from the database.
+            log.info("index file holds another build (%s): not overwriting it", on_disk)
+            return None
+        index.save(path)
+        return stamp(path)
 
 
 def _has_rows(engine: Engine, fingerprint: str) -> bool:

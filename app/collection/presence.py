@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.config import Settings
 from app.db.session import sqlite_file
-from app.errors import NotFoundError
+from app.errors import JobError
 
 
 def require_collection(settings: Settings) -> None:
@@ -13,7 +13,7 @@ def require_collection(settings: Settings) -> None:
     if path is None:
         return  # a server database: opening it creates nothing on disk
     if not path.is_file():
-        raise NotFoundError(
+        raise JobError(
             f"there is no collection at {settings.data_dir}: {path} does not exist; check --data-dir "
             "/ CBIR_DATA_DIR (or add images first with `cbir index`)"
         )

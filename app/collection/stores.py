@@ -1,7 +1,7 @@
 """Which vector store a collection uses (CBIR_VECTOR_STORE) and how a shared one is opened and rebuilt.
 
-``faiss`` stays where it was (app/collection/facade.py opens, follows and saves its file). ``milvus`` is
-opened here with the settings' URI and collection name, and rebuilt from the database's rows by
+``faiss`` stays where it was (app/collection/index_file.py opens and saves its file, swaps.py follows
+it). ``milvus`` is opened here with the settings' URI and collection name, and rebuilt from the rows by
 `cbir index-build` (clear, insert in batches, flush: the HNSW index is built on the sealed
 segments). Each replica opens the same Milvus collection: a write that reaches it is visible to every
 replica's next search (Strong consistency), and the change feed still tells each one what changed.

@@ -22,15 +22,10 @@ from urllib.parse import SplitResult, urlsplit
 import urllib3
 
 from app.config import Settings
-from app.errors import CbirError, PayloadTooLargeError
+from app.errors import PayloadTooLargeError, UrlRefusedError
 
 MAX_URL = 2048
 CHUNK = 64 * 1024
-
-
-class UrlRefusedError(CbirError):
-    status_code = 422
-    error = "url_refused"
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:

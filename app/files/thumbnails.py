@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from app.config import Settings
-from app.errors import CbirError, InvalidImageError
+from app.errors import InvalidImageError, InvalidThumbnailSizeError
 from models import ImageDecodeError, decode_image
 
 SIZES = (64, 128, 256, 512)
@@ -23,11 +23,6 @@ DEFAULT_SIZE = 256
 # Part of every file name and ETag: changing how thumbnails are made must not serve the old ones.
 THUMBNAIL_VERSION = 1
 JPEG_QUALITY = 82
-
-
-class InvalidThumbnailSizeError(CbirError):
-    status_code = 422
-    error = "invalid_request"
 
 
 def check_size(size: int) -> int:

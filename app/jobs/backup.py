@@ -40,7 +40,8 @@ from app.db import migrate
 from app.db import vectors as vectors_codec
 from app.db.changes import DELETE, record_change
 from app.db.tables import Image
-from app.errors import CbirError
+from app.errors import JobError
+from app.files.locate import image_file
 from app.files.storage import FileStore
 from index import IndexFileError, IndexMismatchError, VectorIndex
 
@@ -55,9 +56,8 @@ CHUNK = 1024 * 1024
 Progress = Callable[[int, int], None]  # (files done, files in all)
 
 
-class BackupError(CbirError):
-    status_code = 400
-    error = "backup_failed"
+class BackupError(JobError):
+    """A backup or restore that cannot be made; the message says why."""
 
 
 @dataclass
@@ -131,7 +131,8 @@ def backup(
             copy = FileStore(staging / IMAGES_DIR)
             gone: list[int] = []
             for done, row in enumerate(rows, 1):
-                source = _source_file(live, row)
+                # Indexed with --no-copy: the backup takes a copy, so it does not depend on the original.
+                source = image_file(live, row.sha256, row.format, row.source_path)
                 size = None
                 if source is not None:
                     size = _copy_verified(source, copy.path_for(row.sha256, row.format), row.sha256)
@@ -194,16 +195,6 @@ def _rows(engine: Engine) -> list[_Row]:
             select(Image.id, Image.sha256, Image.format, Image.source_path).order_by(Image.id)
         )
         return [_Row(int(r.id), r.sha256, r.format, r.source_path) for r in result]
-
-
-def _source_file(store: FileStore, row: _Row) -> Path | None:
-    stored = store.path_for(row.sha256, row.format)
-    if stored.is_file():
-        return stored
-    # Indexed with --no-copy: the backup takes a copy, so it does not depend on the original folder.
-    if row.source_path and Path(row.source_path).is_file():
-        return Path(row.source_path)
-    return None
 
 
 def _deleted_since(db_path: Path, image_id: int) -> bool:

@@ -22,8 +22,9 @@ from sqlalchemy import select
 from app.collection.catalog import Rows, condition
 from app.db import vectors as vectors_codec
 from app.db.tables import Image
-from app.errors import CbirError
-from app.files.decoding import StoredItem, sha256_of
+from app.errors import ApiError, JobError
+from app.files.decoding import sha256_of
+from app.jobs.records import ImageRecord
 
 if TYPE_CHECKING:
     from app.collection.facade import Collection
@@ -32,9 +33,8 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 BATCH = 64
 
 
-class ExportError(CbirError):
-    status_code = 422
-    error = "invalid_export"
+class ExportError(JobError):
+    """An export or import file that cannot be written or read."""
 
 
 def _format_of(path: Path) -> str:
@@ -139,7 +139,7 @@ def import_records(collection: Collection, source: Path) -> ImportReport:
 
     report = ImportReport()
     fingerprint = collection.encoder.fingerprint
-    reuse: list[tuple[StoredItem, np.ndarray]] = []
+    reuse: list[tuple[ImageRecord, np.ndarray]] = []
     embed: list[Any] = []
 
     def flush() -> None:
@@ -178,7 +178,7 @@ def import_records(collection: Collection, source: Path) -> ImportReport:
             and record.get("encoder") == fingerprint
             and len(vector) == collection.encoder.dim
         ):
-            item = StoredItem(
+            item = ImageRecord(
                 record["sha256"],
                 data,
                 int(record["width"]),
@@ -191,7 +191,7 @@ def import_records(collection: Collection, source: Path) -> ImportReport:
         else:
             try:
                 embed.append(collection.prepare_upload(data, name, meta))
-            except CbirError as exc:
+            except ApiError as exc:
                 report.skipped.append(f"{where}: {exc.detail}")
                 continue
         if len(reuse) + len(embed) >= BATCH:

@@ -30,7 +30,7 @@ from app.db import vectors as vectors_codec
 from app.db.changes import INDEX_REBUILD, record_change
 from app.db.session import open_database
 from app.db.tables import Image
-from app.errors import CbirError
+from app.errors import JobError
 from index import AUTO, INDEX_TYPES, IndexSpec, VectorIndex, VectorIndexError
 from index.build import build_index
 from index.factory import resolve, sample_rows, spec_for, train_sample_size
@@ -47,9 +47,8 @@ __all__ = [
 _BATCH = 4096
 
 
-class IndexBuildError(CbirError):
-    status_code = 409
-    error = "index_build_failed"
+class IndexBuildError(JobError):
+    """An index that cannot be built from the stored vectors."""
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """`cbir index --ray ADDRESS`: embed on a Ray cluster with Ray Data, merge into the collection here.
 
-Workers run the same loading, device and encoder code as the local job (an actor per GPU, or per CPU slot,
-builds the encoder once; ``map_batches`` feeds it batches of paths), so a vector from the cluster equals
-one from `cbir index` on the same kind of device. Only this process writes: it streams the results and
-commits them batch by batch, deduplicating by sha256 against the database exactly like the local job. The
-database stays the source of truth, so an interrupted run is rerun as is: stored files are skipped by the
-workers (they get the stored hashes) and never stored twice.
+This module is only the remote map step. Workers run the local job's reader, device and embed stages
+(reader.py, device.py, embed.py: an actor per GPU, or per CPU slot, builds the encoder once;
+``map_batches`` feeds it batches of paths), so a vector from the cluster equals one from `cbir index` on the
+same kind of device. Only this process writes, through the local job's writer (writer.py): it streams the
+results and commits them batch by batch with the same save cadence, deduplicating by sha256 against the
+database exactly like the local job. The database stays the source of truth, so an interrupted run is rerun
+as is: stored files are skipped by the workers (they get the stored hashes) and never stored twice.
 
 Paths must be readable by every worker under the same name (a shared file system or the same mount on
 every node); the workers' environment must hold cbir and its dependencies (README, "A Ray cluster").
@@ -25,18 +26,20 @@ import numpy as np
 from app.collection.facade import Collection
 from app.config import Settings
 from app.db import vectors as vectors_codec
-from app.errors import CbirError
-from app.files.decoding import Skipped, StoredItem
-from app.jobs.bulk import BulkReport, Progress
-from app.jobs.loading import Loaded, LoadOptions, collate, load_item
-from app.jobs.pipeline import DeviceStage, ShapeBatcher, embed, wait_for
+from app.errors import JobError
+from app.files.decoding import Skipped
+from app.jobs.device import DeviceStage, wait_for
+from app.jobs.embed import Embedded, EmbedStage
+from app.jobs.reader import collate, read_file
+from app.jobs.records import ImageRecord
+from app.jobs.runner import read_options
 from app.jobs.sources import SourceItem
-from models import Encoder
+from app.jobs.writer import BulkReport, Progress, Writer
 
 LOCAL = "local"
 
 
-class RayUnavailableError(CbirError):
+class RayUnavailableError(JobError):
     """Ray is not installed; the message says how to install it."""
 
 
@@ -101,15 +104,7 @@ class EmbedBatch:
             assigned = ray.get_runtime_context().get_assigned_resources()
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))  # the CPUs Ray gave this actor
         self.known: frozenset[str] = ray.get(known) if isinstance(known, ray.ObjectRef) else known
-        self.options = LoadOptions(
-            max_side=self.encoder.max_side,
-            max_pixels=settings.max_pixels,
-            device_jpeg=(
-                isinstance(self.encoder, Encoder)
-                and self.encoder.device.type == "cuda"
-                and settings.gpu_decode
-            ),
-        )
+        self.options = read_options(self.encoder, settings.max_pixels, settings.gpu_decode)
         self.stage = DeviceStage(self.encoder, max_pixels=settings.max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,15 +112,16 @@ class EmbedBatch:
             SourceItem(Path(str(path)), json.loads(str(meta)), name=str(name) or None)
             for path, meta, name in zip(batch["path"], batch["meta"], batch["name"], strict=True)
         ]
-        loaded = collate([load_item(item, self.options, self.known.__contains__) for item in items])
-        ready = self.stage(loaded)
+        ready = self.stage(
+            collate([read_file(item, self.options, self.known.__contains__) for item in items])
+        )
         wait_for(ready, self.encoder.device)
-        cuda = self.encoder.device.type == "cuda"
-        batcher = ShapeBatcher(self.encoder.batch_size, pad=cuda, max_waiting=len(ready.items))
+        embedder = EmbedStage(self.encoder, max_waiting=len(ready.items))  # all of it, in this call
         rows = []
-        for chunk in batcher.add(ready) + batcher.flush():
-            vectors = embed(self.encoder, chunk, pad_to=self.encoder.batch_size if cuda else None)
-            rows += [_row(item, vector) for item, vector in zip(chunk.items, vectors, strict=True)]
+        for embedded in embedder.add(ready) + embedder.flush():
+            rows += [
+                _row(item, vector) for item, vector in zip(embedded.items, embedded.vectors(), strict=True)
+            ]
         rows += [_skipped_row(skipped) for skipped in ready.skipped]
         rows += [_skipped_row(Skipped(Path(""), "duplicate", duplicate=True))] * ready.duplicates
         return {key: np.array([row[key] for row in rows], dtype=object) for key in _COLUMNS}
@@ -137,7 +133,7 @@ _COLUMNS = (
 )
 
 
-def _row(item: Loaded, vector: np.ndarray) -> dict[str, Any]:
+def _row(item: ImageRecord, vector: np.ndarray) -> dict[str, Any]:
     return {
         "status": "ok",
         "reason": "",
@@ -167,9 +163,6 @@ def _skipped_row(skipped: Skipped) -> dict[str, Any]:
         "meta": "{}",
         "vector": b"",
     }
-
-
-_Stored = StoredItem  # a worker's result as collection.ingest takes it
 
 
 def index_with_ray(
@@ -202,7 +195,6 @@ def index_with_ray(
         ]
     )
     batch_size = collection.encoder.batch_size
-    made_by = collection.encoder.fingerprint  # the workers build this encoder from the same settings
     results = dataset.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
@@ -216,40 +208,27 @@ def index_with_ray(
         num_gpus=layout.gpus_per_actor or None,
         num_cpus=layout.cpus_per_actor,
     )
-    seen: set[str] = set()
-    done = since_save = 0
+    writer = Writer(collection, report, copy_files=copy_files, on_progress=on_progress)
     for batch in results.iter_batches(batch_size=max(batch_size, 64), batch_format="numpy"):
-        stored, vectors = [], []
+        records, vectors, dropped, unreadable = [], [], 0, []
         for i, status in enumerate(batch["status"]):
             if status == "skipped":
-                report.skipped.append(Skipped(Path(str(batch["source"][i])), str(batch["reason"][i])))
-            elif status == "duplicate" or batch["sha256"][i] in seen:
-                report.duplicates += 1
-            else:
-                seen.add(str(batch["sha256"][i]))
-                stored.append(_stored(batch, i))
+                unreadable.append(Skipped(Path(str(batch["source"][i])), str(batch["reason"][i])))
+            elif status == "duplicate":
+                dropped += 1
+            else:  # a repeat across actors is a duplicate for ingest_many, as a repeat of a stored file
+                records.append(_record(batch, i))
                 vectors.append(vectors_codec.decode(batch["vector"][i]))
-        if stored:
-            added, duplicates = collection.ingest_many(
-                stored, np.stack(vectors), copy_files=copy_files, made_by=made_by
-            )
-            report.added += added
-            report.duplicates += duplicates
-            since_save += added
-        if since_save >= settings.commit_every:
-            collection.save_index()
-            since_save = 0
-        done += len(batch["status"])
-        if on_progress is not None:
-            on_progress(done, report.added)
-    collection.save_index()
+        embedded = [Embedded.ready(records, np.stack(vectors))] if records else []
+        writer(embedded, dropped, unreadable)
+    writer.finish()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _stored(batch: dict[str, np.ndarray], i: int) -> _Stored:
+def _record(batch: dict[str, np.ndarray], i: int) -> ImageRecord:
     source = str(batch["source"][i]) or None
-    return _Stored(
+    return ImageRecord(
         sha256=str(batch["sha256"][i]),
         data=bytes(batch["data"][i]),
         width=int(batch["width"][i]),

@@ -1,6 +1,7 @@
 """`cbir reindex`: switch a collection to the configured encoder while the service keeps answering.
 
-1. Stage: every stored image not yet embedded by the new encoder is re-read from its file, embedded, and its
+1. Stage: every stored image not yet embedded by the new encoder is re-read from its file, embedded (the
+   stages of `cbir index`, app/jobs/runner.py, so a reindexed vector equals a freshly indexed one), and its
    vector written to staged_vectors, a batch per transaction. Nothing the service reads changes, so it goes
    on answering from the old index; an interrupted run keeps what it staged and a rerun goes on from there.
 2. Swap, in one transaction that first takes the database's write lock: if images arrived meanwhile (the
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +29,14 @@ from app.db.changes import ENCODER_SWITCH, record_change
 from app.db.session import open_database
 from app.db.tables import Image, StagedVector
 from app.encoders import encoder_from_settings
-from app.errors import CbirError
-from app.files.decoding import Prepared, Skipped, load_files
+from app.errors import JobError
+from app.files.decoding import Skipped
+from app.files.locate import path_to_read
 from app.files.storage import FileStore
-from app.jobs.bulk import batched
+from app.jobs.embed import Embedded
 from app.jobs.index_build import build_from_rows, index_file_lock, spec_for_collection
+from app.jobs.runner import run_stages
+from app.jobs.sources import SourceItem
 from models import ImageEncoder
 
 __all__ = ["ReindexError", "ReindexReport", "reindex_collection", "stored_count"]
@@ -42,9 +46,8 @@ __all__ = ["ReindexError", "ReindexReport", "reindex_collection", "stored_count"
 _MAX_ROUNDS = 20
 
 
-class ReindexError(CbirError):
-    status_code = 409
-    error = "reindex_failed"
+class ReindexError(JobError):
+    """A re-embedding that cannot go on; the message says what to do."""
 
 
 @dataclass
@@ -141,19 +144,16 @@ def _stage(
     paths: list[Path] = []
     id_of: dict[str, int] = {}
     for image_id, sha256, fmt, source_path in todo:
-        stored = files.path_for(sha256, fmt)
-        path = stored if stored.exists() or not source_path else Path(source_path)
+        path = path_to_read(files, sha256, fmt, source_path)
         paths.append(path)
         id_of[str(path.resolve())] = image_id
     done = 0
-    loaded = load_files(
-        paths, max_side=encoder.max_side, max_pixels=settings.max_pixels, workers=settings.workers
-    )
-    for batch in batched(loaded, encoder.batch_size):
-        good = [item for item in batch if isinstance(item, Prepared)]
-        report.skipped.extend(item for item in batch if isinstance(item, Skipped))
-        if good:
-            vectors = encoder.embed([item.decoded.image for item in good])
+
+    def write(embedded: Sequence[Embedded], dropped: int, skipped: Sequence[Skipped]) -> None:
+        nonlocal done
+        report.skipped.extend(skipped)
+        for batch in embedded:
+            vectors = batch.vectors()
             with sessions.begin() as session:
                 session.add_all(
                     StagedVector(
@@ -161,12 +161,21 @@ def _stage(
                         encoder=target,
                         vector=vectors_codec.encode(vector),
                     )
-                    for item, vector in zip(good, vectors, strict=True)
+                    for item, vector in zip(batch.items, vectors, strict=True)
                 )
-            report.embedded += len(good)
-        done += len(batch)
+            report.embedded += len(batch.items)
+        done += dropped + len(skipped) + sum(len(batch.items) for batch in embedded)
         if on_progress is not None:
             on_progress(done, report.embedded)
+
+    run_stages(
+        [SourceItem(path) for path in paths],
+        encoder,
+        write,
+        max_pixels=settings.max_pixels,
+        gpu_decode=settings.gpu_decode,
+        workers=settings.workers,
+    )
 
 
 def _swap(sessions: sessionmaker[Session], target: str, spec: dict[str, object]) -> bool:

@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.errors import JobError
 from app.files.decoding import Skipped, list_files
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _GLOB_CHARS = frozenset("*?[")
 
 
-class ManifestError(ValueError):
+class ManifestError(JobError):
     """The manifest as a whole cannot be read; the message says what to fix."""
+
+    exit_code = 2  # bad input, as a missing file or folder
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.files.decoding import Prepared, Skipped, list_files, load_files
-from app.jobs.bulk import batched
+from app.files.decoding import Skipped, list_files
+from app.learn.embedding import embed_vectors
 from app.search.reranking import NeighbourCache, RerankOptions, rank
 from index import VectorIndex
 from models import ImageEncoder
@@ -110,25 +110,11 @@ def evaluate_folder(
         files = list_files(folder)
         paths.extend(files)
         path_labels.extend([label] * len(files))
-    label_of = {str(p.resolve()): label for p, label in zip(paths, path_labels, strict=True)}
     started = time.perf_counter()
-    vectors: list[np.ndarray] = []
-    labels: list[int] = []
-    skipped: list[Skipped] = []
-    done = 0
-    loaded = load_files(paths, max_side=encoder.max_side, max_pixels=max_pixels, workers=workers)
-    for batch in batched(loaded, encoder.batch_size):
-        good = [item for item in batch if isinstance(item, Prepared)]
-        skipped.extend(item for item in batch if isinstance(item, Skipped))
-        if good:
-            vectors.append(encoder.embed([item.decoded.image for item in good]))
-            labels.extend(label_of[item.source_path or ""] for item in good)
-        done += len(batch)
-        if on_progress is not None:
-            on_progress(done, sum(len(v) for v in vectors))
-    if not vectors:
-        raise ValueError(f"no readable image under {root}")
-    all_vectors = np.concatenate(vectors)
+    all_vectors, positions, reading = embed_vectors(
+        encoder, paths, root, max_pixels=max_pixels, workers=workers, on_progress=on_progress
+    )
+    labels = [path_labels[position] for position in positions]
     seconds = time.perf_counter() - started
     mean_ap, precision = retrieval_metrics(all_vectors, np.array(labels), encoder.fingerprint, rerank)
-    return EvalReport(len(all_vectors), len(classes), mean_ap, precision, seconds, skipped)
+    return EvalReport(len(all_vectors), len(classes), mean_ap, precision, seconds, reading.skipped)

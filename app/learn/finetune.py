@@ -32,7 +32,9 @@ from torchvision.transforms import v2
 
 from app.config import Settings
 from app.encoders import encoder_from_settings
-from app.files.decoding import Prepared, Skipped, load_files
+from app.files.decoding import Skipped
+from app.jobs.records import ImageRecord
+from app.learn.embedding import Reading, embed_files
 from app.learn.fit import learn_projection, parameters_of
 from models import EncoderConfigError
 from models.encoder import Encoder
@@ -206,46 +208,43 @@ def _views(
     """Per scale, (pictures, views, C, h, w) float16 feature maps of seeded augmented views; each picture's
     group (its index, or its folder's); the pictures' sha256; the files that could not be read."""
     augment = augmentation(options.crop)
+    folders: dict[Path, int] = {}
+
+    def views_of(pictures: list[ImageRecord]) -> list[torch.Tensor]:
+        """Per scale, (pictures x views, C, h, w) float16 feature maps of the pictures' augmented views."""
+        pixels = [pixels_from_image(picture.decoded.image, encoder.max_side) for picture in pictures]
+        batch = normalise_pixels(torch.stack([augment(p) for p in pixels for _ in range(options.views)]))
+        return [fmap.to("cpu", torch.float16) for fmap in encoder.feature_maps(batch)]
+
     per_view: list[list[torch.Tensor]] = [[] for _ in encoder.scales]
     groups: list[int] = []
     digests: list[str] = []
-    seen: set[str] = set()
-    skipped: list[Skipped] = []
-    folders: dict[Path, int] = {}
-    pending: list[torch.Tensor] = []
-
-    def flush() -> None:
-        batch = normalise_pixels(torch.stack(pending))
-        for store, fmap in zip(per_view, encoder.feature_maps(batch), strict=True):
-            store.append(fmap.to("cpu", torch.float16))
-        pending.clear()
-
-    loaded = load_files(
-        paths, max_side=encoder.max_side, max_pixels=settings.max_pixels, workers=settings.workers
-    )
+    reading = Reading()
     with torch.random.fork_rng(devices=[]):  # seeded views without touching the caller's random stream
         torch.manual_seed(options.training.seed)
-        for done, (path, item) in enumerate(zip(paths, loaded, strict=True), 1):
-            if isinstance(item, Skipped):
-                skipped.append(item)
-            elif item.sha256 not in seen:  # an identical file would be its own negative
-                assert isinstance(item, Prepared)
-                seen.add(item.sha256)
-                pixels = pixels_from_image(item.decoded.image, encoder.max_side)
-                pending.extend(augment(pixels) for _ in range(options.views))
-                digests.append(item.sha256)
+        for embedded in embed_files(
+            paths,
+            views_of,
+            max_side=encoder.max_side,
+            max_pixels=settings.max_pixels,
+            workers=settings.workers,
+            batch_size=-(-encoder.batch_size // options.views),  # pictures whose views fill a batch
+            distinct=True,  # an identical file would be its own negative
+            reading=reading,
+            on_progress=on_read,
+        ):
+            for store, fmap in zip(per_view, embedded.output, strict=True):
+                store.append(fmap)
+            for position, picture in zip(embedded.positions, embedded.pictures, strict=True):
+                digests.append(picture.sha256)
                 groups.append(
-                    folders.setdefault(path.parent, len(folders)) if options.classes else len(groups)
+                    folders.setdefault(paths[position].parent, len(folders))
+                    if options.classes
+                    else len(groups)
                 )
-                if len(pending) >= encoder.batch_size:
-                    flush()
-            if on_read is not None:
-                on_read(done, len(digests))
-    if pending:
-        flush()
     views = (
         [torch.cat(store).unflatten(0, (len(digests), options.views)) for store in per_view]
         if digests
         else []
     )
-    return views, torch.tensor(groups, dtype=torch.long), digests, skipped
+    return views, torch.tensor(groups, dtype=torch.long), digests, reading.skipped

@@ -2,12 +2,8 @@
 
 Two things can be learned, each optional:
 
-- NetVLAD's centroids: faiss k-means on L2-normalised local descriptors (feature-map positions) sampled from
-  the images, then w_k = 2*alpha*c_k, b_k = -alpha*|c_k|^2 (Arandjelović et al.). alpha follows the rule of
-  the reference PyTorch NetVLAD: alpha = ln(r) / mean over the sample of (best - second best dot product
-  of a descriptor with the centroids). There r = 100, a sharp assignment, as the paper asks for; on
-  Corel-1K a soft r = 1.5 measured clearly better at every K (README, "Choosing a descriptor"), so 1.5 is
-  the default (`cbir fit --assignment-ratio`).
+- The head's own parameters, when it has some to learn (``Head.needs_fitting``): by the fitter registered
+  under the head's name in app/learn/fitters/ (NetVLAD's centroids: k-means, see fitters/netvlad.py).
 - A projection of the pooled descriptors: PCA to a given dimension, optionally whitened (faiss PCAMatrix
   with eigen-power -0.5 for full whitening, 0 for plain PCA).
 
@@ -27,18 +23,21 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from app.config import Settings
-from app.files.decoding import Prepared, Skipped, load_files
+from app.files.decoding import Skipped
+from app.jobs.records import ImageRecord
+from app.learn.embedding import Reading, embed_files
+from app.learn.fitters import DEFAULT_ASSIGNMENT_RATIO, FITTERS, FitOptions
+from app.learn.fitters.netvlad import kmeans_centroids
 from models import EncoderConfigError, build_encoder, to_tensor
 from models.encoder import Encoder, parse_scales
 from models.fitted import FittedParameters, save_fitted
 from models.heads import Head
-from models.heads.netvlad import NetVLAD
 from models.projection import Projection
 
 __all__ = [
+    "DEFAULT_ASSIGNMENT_RATIO",
     "FitOptions",
     "FitReport",
     "fit_encoder",
@@ -48,21 +47,6 @@ __all__ = [
     "parameters_of",
     "stored_image_paths",
 ]
-
-# r in alpha = ln(r) / mean(best - second best similarity to the centroids); see the module docstring.
-DEFAULT_ASSIGNMENT_RATIO = 1.5
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    clusters: int | None = None  # NetVLAD: K; None keeps the head's default
-    projection_dim: int | None = None  # None: no projection
-    eigen_power: float = -0.5  # -0.5 whitens, 0 is plain PCA
-    assignment_ratio: float = DEFAULT_ASSIGNMENT_RATIO  # NetVLAD's softness (see the module docstring)
-    max_images: int = 1000
-    descriptors_per_image: int = 50
-    kmeans_iterations: int = 25
-    seed: int = 0
 
 
 @dataclass
@@ -76,39 +60,6 @@ class FitReport:
     alpha: float | None = None
     projection: str | None = None
     seconds: float = 0.0
-
-
-def kmeans_centroids(
-    descriptors: np.ndarray,
-    clusters: int,
-    *,
-    assignment_ratio: float = DEFAULT_ASSIGNMENT_RATIO,
-    iterations: int = 25,
-    seed: int = 0,
-) -> tuple[np.ndarray, float]:
-    """(K, C) k-means centroids of L2-normalised descriptors and NetVLAD's alpha for them (see above)."""
-    data = np.ascontiguousarray(descriptors, dtype=np.float32)
-    if assignment_ratio <= 1:
-        raise ValueError(
-            f"the assignment ratio must be above 1 (1 would ignore the centroids), got {assignment_ratio}"
-        )
-    if len(data) < clusters:
-        raise ValueError(
-            f"k-means with {clusters} clusters needs at least as many descriptors, got {len(data)}: fit on "
-            "more images or ask for fewer clusters"
-        )
-    # Best of a few random starts: one start can settle with two centroids in one cluster and none in another.
-    kmeans = faiss.Kmeans(
-        data.shape[1], clusters, niter=iterations, nredo=3, seed=seed, max_points_per_centroid=4096
-    )
-    kmeans.train(data)
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-    if clusters == 1:
-        return centroids, 1.0  # one cluster: the softmax is 1 whatever alpha is
-    sample = data[np.random.default_rng(seed).permutation(len(data))[:20_000]]
-    dots = -np.sort(-(sample @ centroids.T), axis=1)
-    gap = float(np.mean(dots[:, 0] - dots[:, 1]))
-    return centroids, float(np.log(assignment_ratio) / max(gap, 1e-6))
 
 
 def learn_projection(vectors: np.ndarray, dim: int, eigen_power: float) -> Projection:
@@ -185,18 +136,14 @@ def fit_parameters(
     _check_fittable(encoder, options)
     head = encoder.head
     rng = np.random.default_rng(options.seed)
-    if isinstance(head, NetVLAD):
-        descriptors = _sample_descriptors(maps, options.descriptors_per_image, rng)
-        centroids, alpha = kmeans_centroids(
-            descriptors,
-            head.clusters,
-            assignment_ratio=options.assignment_ratio,
-            iterations=options.kmeans_iterations,
-            seed=options.seed,
-        )
-        head.set_centroids(torch.from_numpy(centroids).to(encoder.device), alpha)
+    if head.needs_fitting:
+        fitted = FITTERS.get(head.name)(head, maps, options, rng, encoder.device)
         if report is not None:
-            report.descriptors, report.clusters, report.alpha = len(descriptors), head.clusters, alpha
+            report.descriptors, report.clusters, report.alpha = (
+                fitted.descriptors,
+                fitted.clusters,
+                fitted.alpha,
+            )
 
     projection = None
     if options.projection_dim is not None:
@@ -252,8 +199,11 @@ def _check_fittable(encoder: Encoder, options: FitOptions) -> None:
             f"nothing to fit: head {head.name!r} has no learned parameters; ask for a projection "
             "(--dim N) or use a head that needs fitting (--head netvlad)"
         )
-    if head.needs_fitting and not isinstance(head, NetVLAD):
-        raise EncoderConfigError(f"`cbir fit` does not know how to fit head {head.name!r}")
+    if head.needs_fitting and head.name not in FITTERS:
+        raise EncoderConfigError(
+            f"`cbir fit` does not know how to fit head {head.name!r}; it fits: {', '.join(FITTERS.names())} "
+            "(a fitter registers in app/learn/fitters/)"
+        )
 
 
 def _feature_maps(
@@ -263,33 +213,26 @@ def _feature_maps(
     on_progress: Callable[[int, int], None] | None,
 ) -> tuple[list[list[torch.Tensor]], list[Skipped]]:
     """Per readable image, its (1, C, h, w) float16 maps at every scale, in input order."""
-    maps: list[list[torch.Tensor]] = []
-    skipped: list[Skipped] = []
-    loaded = load_files(
-        paths, max_side=encoder.max_side, max_pixels=settings.max_pixels, workers=settings.workers
-    )
-    for done, item in enumerate(loaded, 1):
-        if isinstance(item, Skipped):
-            skipped.append(item)
-        else:
-            assert isinstance(item, Prepared)
-            batch = to_tensor(item.decoded.image, encoder.max_side)[None]
-            maps.append([fmap.to("cpu", torch.float16) for fmap in encoder.feature_maps(batch)])
-        if on_progress is not None:
-            on_progress(done, len(maps))
-    return maps, skipped
 
+    def maps_of(pictures: list[ImageRecord]) -> list[torch.Tensor]:
+        [picture] = pictures
+        batch = to_tensor(picture.decoded.image, encoder.max_side)[None]
+        return [fmap.to("cpu", torch.float16) for fmap in encoder.feature_maps(batch)]
 
-def _sample_descriptors(
-    maps: Sequence[Sequence[torch.Tensor]], per_image: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Up to `per_image` L2-normalised positions from each image, spread over its scales."""
-    rows: list[np.ndarray] = []
-    for per_scale in maps:
-        local = torch.cat([F.normalize(fmap.float()[0].flatten(1).T, p=2.0, dim=1) for fmap in per_scale])
-        pick = rng.permutation(len(local))[:per_image]
-        rows.append(local[torch.from_numpy(np.sort(pick))].numpy())
-    return np.concatenate(rows)
+    reading = Reading()
+    maps = [
+        embedded.output
+        for embedded in embed_files(
+            paths,
+            maps_of,
+            max_side=encoder.max_side,
+            max_pixels=settings.max_pixels,
+            workers=settings.workers,
+            reading=reading,
+            on_progress=on_progress,
+        )
+    ]
+    return maps, reading.skipped
 
 
 def stored_image_paths(settings: Settings) -> list[Path]:
@@ -298,13 +241,10 @@ def stored_image_paths(settings: Settings) -> list[Path]:
 
     from app.db.session import open_database
     from app.db.tables import Image
+    from app.files.locate import path_to_read
     from app.files.storage import FileStore
 
     with open_database(settings.db_url, upgrade=False) as db, db.sessions() as session:
         rows = session.execute(select(Image.sha256, Image.format, Image.source_path).order_by(Image.id)).all()
     files = FileStore(settings.images_dir)
-    paths: list[Path] = []
-    for sha256, fmt, source_path in rows:
-        stored = files.path_for(sha256, fmt)
-        paths.append(stored if stored.exists() or not source_path else Path(source_path))
-    return paths
+    return [path_to_read(files, sha256, fmt, source_path) for sha256, fmt, source_path in rows]

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.files.decoding import Prepared, Skipped, list_files, load_files
-from app.jobs.bulk import batched
+from app.files.decoding import Skipped, list_files
+from app.learn.embedding import embed_vectors
+from app.search.queries import scaled_box
 from app.search.reranking import NeighbourCache, RerankOptions, rank
 from index import VectorIndex
 from models import Encoder, ImageEncoder, decode_image
@@ -101,26 +102,9 @@ def evaluate_ground_truth(
     names = [p.relative_to(root).as_posix() for p in paths]
     position = _resolver(names, ground_truth)
     started = time.perf_counter()
-    vectors: list[np.ndarray] = []
-    kept: list[int] = []
-    skipped: list[Skipped] = []
-    index_of_path = {str(p.resolve()): i for i, p in enumerate(paths)}
-    done = 0
-    for batch in batched(
-        load_files(paths, max_side=encoder.max_side, max_pixels=max_pixels, workers=workers),
-        encoder.batch_size,
-    ):
-        good = [item for item in batch if isinstance(item, Prepared)]
-        skipped.extend(item for item in batch if isinstance(item, Skipped))
-        if good:
-            vectors.append(encoder.embed([item.decoded.image for item in good]))
-            kept.extend(index_of_path[item.source_path or ""] for item in good)
-        done += len(batch)
-        if on_progress is not None:
-            on_progress(done, len(kept))
-    if not vectors:
-        raise ValueError(f"no readable image under {root}")
-    database = np.concatenate(vectors)
+    database, kept, reading = embed_vectors(
+        encoder, paths, root, max_pixels=max_pixels, workers=workers, on_progress=on_progress
+    )
     index = VectorIndex(database.shape[1], encoder.fingerprint)
     index.add(np.asarray(kept, dtype=np.int64), database)
     readable = set(kept)
@@ -152,7 +136,7 @@ def evaluate_ground_truth(
         precision={k: v / count for k, v in precision.items()},
         recall={k: v / count for k, v in recall.items()},
         seconds=time.perf_counter() - started,
-        skipped=skipped,
+        skipped=reading.skipped,
     )
 
 
@@ -180,9 +164,4 @@ def _region(
     if not isinstance(encoder, Encoder):
         raise ValueError(f"the encoder {encoder.fingerprint} cannot describe a region: remove the boxes")
     decoded = decode_image(path.read_bytes(), max_side=encoder.max_side, max_pixels=max_pixels)
-    sx, sy = decoded.image.width / decoded.width, decoded.image.height / decoded.height
-    x0, y0, x1, y1 = box
-    return encoder.embed_region(
-        decoded.image,
-        (x0 * sx, y0 * sy, min(x1 * sx, decoded.image.width), min(y1 * sy, decoded.image.height)),
-    )
+    return encoder.embed_region(decoded.image, scaled_box(box, decoded))

@@ -1,7 +1,8 @@
 """`cbir optimize`: calibrate the int8 runtime on the user's own pictures (no labels) and cache the model.
 
 The pictures are a folder the user names, or the collection's stored copies; an evenly spaced sample of
-them (deterministic, so the same folder gives the same calibration id) is decoded exactly as uploads are.
+them (deterministic, so the same folder gives the same calibration id) is read exactly as the bulk job
+reads (app/learn/embedding.py); what does not decode is left out of the sample.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import Path
 import torch
 
 from app.config import Settings
-from app.files.decoding import list_files, sha256_of
-from models import EncoderConfigError, ImageDecodeError, build_backbone, decode_image, to_tensor
+from app.files.decoding import list_files
+from app.jobs.records import ImageRecord
+from app.learn.embedding import embed_files
+from models import EncoderConfigError, build_backbone, to_tensor
 from models.runtimes import RuntimeContext
 from models.runtimes.int8 import DEFAULT_SAMPLES, Calibration, calibrate
 
@@ -28,19 +31,24 @@ def evenly_spaced(paths: Sequence[Path], count: int) -> list[Path]:
 
 
 def calibration_inputs(
-    paths: Sequence[Path], *, max_side: int, max_pixels: int, samples: int
+    paths: Sequence[Path], *, max_side: int, max_pixels: int, samples: int, workers: int
 ) -> tuple[list[torch.Tensor], list[str]]:
     """(network inputs, sha256 of each picture) of up to ``samples`` decodable pictures among ``paths``."""
+
+    def network_inputs(pictures: list[ImageRecord]) -> list[torch.Tensor]:
+        return [to_tensor(picture.decoded.image, max_side) for picture in pictures]
+
     tensors: list[torch.Tensor] = []
     ids: list[str] = []
-    for path in evenly_spaced(paths, samples):
-        try:
-            data = path.read_bytes()
-            decoded = decode_image(data, max_side=max_side, max_pixels=max_pixels)
-        except (OSError, ImageDecodeError):
-            continue  # not a picture: the sample is what decodes
-        tensors.append(to_tensor(decoded.image, max_side))
-        ids.append(sha256_of(data))
+    for embedded in embed_files(
+        evenly_spaced(paths, samples),
+        network_inputs,
+        max_side=max_side,
+        max_pixels=max_pixels,
+        workers=workers,
+    ):
+        tensors.extend(embedded.output)
+        ids.extend(picture.sha256 for picture in embedded.pictures)
     return tensors, ids
 
 
@@ -57,7 +65,11 @@ def optimize(settings: Settings, source: Path | None, *, samples: int = DEFAULT_
             )
     paths = list_files(source)
     tensors, ids = calibration_inputs(
-        paths, max_side=settings.max_side, max_pixels=settings.max_pixels, samples=samples
+        paths,
+        max_side=settings.max_side,
+        max_pixels=settings.max_pixels,
+        samples=samples,
+        workers=settings.workers,
     )
     built = build_backbone(settings.backbone, settings.weights)
     context = RuntimeContext(

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from app.files.decoding import Prepared, Skipped, list_files, load_files
+from app.files.decoding import Skipped, list_files
+from app.jobs.records import ImageRecord
+from app.learn.embedding import Reading, embed_files
 from models.autoencoder import AutoencoderConfig, image_to_tensor
 from models.training import EpochReport, TrainConfig, TrainResult, train_autoencoder
 from models.training.autoencoder import StepCallback
@@ -40,27 +42,30 @@ def load_pictures(
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
     paths = list_files(root)
-    tensors: list[torch.Tensor] = []
-    seen: set[str] = set()
-    result = LoadedPictures(images=torch.zeros(0, dtype=torch.uint8), files=len(paths))
-    for done, item in enumerate(
-        load_files(paths, max_side=config.input_size, max_pixels=max_pixels, workers=workers), 1
-    ):
-        if isinstance(item, Prepared):
-            if item.sha256 in seen:
-                result.duplicates += 1
-            else:
-                seen.add(item.sha256)
-                pixels = image_to_tensor(item.decoded.image, config)
-                tensors.append(pixels.mul(255).round().to(torch.uint8))
-        else:
-            result.skipped.append(item)
-        if on_progress is not None:
-            on_progress(done, len(tensors))
+
+    def network_input(pictures: list[ImageRecord]) -> torch.Tensor:
+        [picture] = pictures
+        return image_to_tensor(picture.decoded.image, config).mul(255).round().to(torch.uint8)
+
+    reading = Reading()
+    tensors = [
+        embedded.output
+        for embedded in embed_files(
+            paths,
+            network_input,
+            max_side=config.input_size,
+            max_pixels=max_pixels,
+            workers=workers,
+            distinct=True,
+            reading=reading,
+            on_progress=on_progress,
+        )
+    ]
     if not tensors:
         raise ValueError(f"no readable picture under {root}: nothing to train on")
-    result.images = torch.stack(tensors)
-    return result
+    return LoadedPictures(
+        images=torch.stack(tensors), files=len(paths), duplicates=reading.duplicates, skipped=reading.skipped
+    )
 
 
 def train_from_folder(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from models.errors import EncoderConfigError
+from models.registry import Registry
 
 __all__ = ["Head", "available_heads", "build_head", "register_head"]
 
@@ -62,33 +63,29 @@ class Head(nn.Module):
         return digest.hexdigest()[:8]
 
 
-_REGISTRY: dict[str, type[Head]] = {}
+_REGISTRY: Registry[type[Head]] = Registry(
+    "head", unknown="unknown head {name!r}; known heads: {known}", error=EncoderConfigError
+)
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     """Class decorator: make the head available under `name` and give it that name."""
 
     def decorator(cls: type[Head]) -> type[Head]:
-        if name in _REGISTRY:
-            raise ValueError(f"head {name!r} is already registered")
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorator
 
 
 def available_heads() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_head(name: str, in_channels: int, **kwargs: Any) -> Head:
     """Build by name; kwargs are the head's own options (e.g. p for GeM)."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(available_heads())
-        raise EncoderConfigError(f"unknown head {name!r}; known heads: {known}") from None
+    cls = _REGISTRY.get(name)
     try:
         return cls(in_channels, **kwargs)
     except TypeError as exc:

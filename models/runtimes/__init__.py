@@ -13,6 +13,7 @@ import logging
 import torch
 
 from models.errors import EncoderConfigError
+from models.registry import Registry
 from models.runtimes.base import FP32_TOLERANCE, Forward, Runtime, RuntimeContext, Tolerance
 from models.runtimes.onnxruntime import OnnxRuntimeFP32
 from models.runtimes.openvino import OpenVINOBF16, OpenVINOFP32, OpenVINOInt8
@@ -34,35 +35,31 @@ __all__ = [
 AUTO = "auto"
 log = logging.getLogger("cbir.runtime")
 
-_REGISTRY: dict[str, Runtime] = {}
+_REGISTRY: Registry[Runtime] = Registry(
+    "runtime", unknown=f"unknown runtime {{name!r}}; use {AUTO} or one of {{known}}", error=EncoderConfigError
+)
 
 
 def register_runtime(runtime: Runtime) -> Runtime:
-    if runtime.name in _REGISTRY or runtime.name == AUTO:
-        raise ValueError(f"runtime {runtime.name!r} is already registered")
-    _REGISTRY[runtime.name] = runtime
-    return runtime
+    if runtime.name == AUTO:
+        raise ValueError(f"runtime name {AUTO!r} is the automatic choice, not a runtime")
+    return _REGISTRY.register(runtime.name)(runtime)
 
 
 def available_runtimes() -> list[str]:
     """Every registered name (installed or not; Runtime.missing says why one cannot run here)."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_runtime(name: str) -> Runtime:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise EncoderConfigError(
-            f"unknown runtime {name!r}; use {AUTO} or one of {', '.join(available_runtimes())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def choose_runtime(requested: str, device: torch.device) -> Runtime:
     """The runtime `requested` names (checked against this machine), or auto's choice; logged either way."""
     if requested == AUTO:
         if device.type != "cpu":
-            chosen, why = _REGISTRY["torch"], f"device {device}"
+            chosen, why = _REGISTRY.get("torch"), f"device {device}"
         else:
             usable = [rt for rt in _REGISTRY.values() if rt.auto_rank >= 0 and rt.missing() is None]
             chosen = max(usable, key=lambda rt: rt.auto_rank)

@@ -14,7 +14,8 @@ from app.db.session import make_engine, make_session_factory
 from app.db.tables import Image
 from index import VectorIndex, build_store
 from tests.helpers.images import image_bytes
-from tests.helpers.replicas import CBIR, ROOT, milvus_lite, poll, tiny_env
+from tests.helpers.replicas import CBIR, NOT_YET, ROOT, milvus_lite, tiny_env
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,13 @@ def test_kill_9_during_a_bulk_index_then_rerun_agrees_exactly(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        poll(lambda: _count(db_url) >= 40 or job.poll() is not None, "the job to commit 40 images", 300)
+        wait_for(
+            lambda: _count(db_url) >= 40 or job.poll() is not None,
+            "the job to commit 40 images",
+            300,
+            ignoring=NOT_YET,
+            interval=0.1,
+        )
         assert job.poll() is None, "the job finished before it could be killed; raise IMAGES"
         if victim == "job":
             job.kill()

@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.helpers.images import image_bytes
-from tests.helpers.replicas import milvus_lite, poll
+from tests.helpers.replicas import NOT_YET, milvus_lite
 from tests.helpers.settings import tiny_settings
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def test_an_outage_is_a_503_refuses_writes_and_heals_by_itself(tmp_path: Path) -
             assert client.delete(f"/images/{first.json()['id']}").status_code == 503
 
             milvus.start()
-            healed = poll(
+            healed = wait_for(
                 lambda: (
                     r
                     if (
@@ -45,6 +46,9 @@ def test_an_outage_is_a_503_refuses_writes_and_heals_by_itself(tmp_path: Path) -
                     else None
                 ),
                 "searches to succeed again once Milvus is back",
+                60,
+                ignoring=NOT_YET,
+                interval=0.1,
             )
             assert healed.json()["results"][0]["id"] == first.json()["id"]
             # The refused upload left nothing behind: the same picture is new now, and the delete did not

@@ -7,21 +7,17 @@ the photo it came from in the top 5, where searching with the whole picture most
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from app.collection.facade import Collection, Hit
+from app.collection.facade import Collection
 from app.config import Settings
 from app.encoders import encoder_from_settings
 from app.jobs import bulk
+from bench.regions import PER_CLASS, composite, rank_of
 
 pytestmark = pytest.mark.slow
-
-PER_CLASS = 20
 
 
 @pytest.fixture(scope="module")
@@ -37,24 +33,6 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collection]
     assert report.added == len(paths)
     yield opened
     opened.close()
-
-
-def composite(object_photo: Path, background_photo: Path) -> tuple[bytes, tuple[int, int, int, int]]:
-    """The background photo with the middle half (each way) of the object photo pasted at its lower right."""
-    source = Image.open(object_photo).convert("RGB")
-    background = Image.open(background_photo).convert("RGB")
-    w, h = source.size
-    part = source.crop((w // 4, h // 4, w * 3 // 4, h * 3 // 4))
-    x, y = background.width - part.width - 8, background.height - part.height - 8
-    background.paste(part, (x, y))
-    buffer = io.BytesIO()
-    background.save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue(), (x, y, x + part.width, y + part.height)
-
-
-def rank_of(name: str, hits: list[Hit]) -> int | None:
-    names = [Path(hit.image.original_name).name for hit in hits]  # as indexed: class/file
-    return names.index(name) + 1 if name in names else None
 
 
 def test_a_box_around_a_pasted_object_finds_its_photo(collection: Collection) -> None:

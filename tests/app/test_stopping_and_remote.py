@@ -8,10 +8,10 @@ import signal
 import threading
 from pathlib import Path
 
+from app.cli.progress import stop_on_signals
 from app.config import Settings
 from app.jobs import bulk
 from app.main import create_app
-from app.progress_log import stop_on_signals
 from tests.app.test_cli import env as env  # the fixture
 from tests.app.test_cli import invoke
 from tests.helpers.collections import open_collection

@@ -1,6 +1,6 @@
 """Real processes for the multi-process tests: `cbir serve` replicas and a `milvus-lite server`.
 
-A helper module rather than a conftest, so tests import what they use. Every wait is a poll with a
+A helper module rather than a conftest, so tests import what they use. Every wait is a wait_for with a
 deadline (never a sleep that a slow machine could outrun).
 """
 
@@ -10,22 +10,22 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 
 from tests.helpers.servers import free_port, stop_server
+from tests.helpers.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # `cbir` with the test backbones registered (tests/helpers/backbones.py), as a subprocess can run it.
 CBIR = [sys.executable, "-c", "import tests.helpers.backbones; from app.cli import main; main()"]
 MILVUS_LITE = Path(sys.executable).with_name("milvus-lite")
 
-_T = TypeVar("_T")
+# A server that is not listening yet, or an answer that is not the one awaited yet.
+NOT_YET = (httpx.TransportError, AssertionError)
 
 
 def tiny_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -40,21 +40,6 @@ def tiny_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         **extra,
     }
-
-
-def poll(check: Callable[[], _T | None], what: str, deadline_s: float = 60.0) -> _T:
-    """The first truthy value of ``check()``, polled until the deadline; fails naming ``what``."""
-    deadline = time.monotonic() + deadline_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.TransportError, AssertionError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what} (last error: {last})")
 
 
 @contextmanager
@@ -77,7 +62,7 @@ def cbir_serve(env: dict[str, str]) -> Iterator[str]:
                 raise RuntimeError(f"`cbir serve` exited: {process.stderr.read() if process.stderr else ''}")
             return httpx.get(f"{url}/health", timeout=2).status_code == 200
 
-        poll(healthy, "`cbir serve` to become healthy", 120)
+        wait_for(healthy, "`cbir serve` to become healthy", 120, ignoring=NOT_YET, interval=0.1)
         yield url
     finally:
         stop_server(process)
@@ -103,7 +88,7 @@ class MilvusLite:
             with socket.socket() as sock:
                 return sock.connect_ex(("127.0.0.1", self.port)) == 0
 
-        poll(answers, "milvus-lite server to listen", 60)
+        wait_for(answers, "milvus-lite server to listen", 60, interval=0.1)
 
     def kill(self) -> None:
         if self.process is not None:

@@ -46,9 +46,9 @@ def test_unknown_backbone_lists_the_known_ones() -> None:
 
 
 def test_names_register_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backbones_module, "_REGISTRY", dict(backbones_module._REGISTRY))
+    monkeypatch.setattr(backbones_module, "_REGISTRY", backbones_module._REGISTRY.copy())
     with pytest.raises(ValueError, match="already registered"):
-        register_backbone("tiny_random")(backbones_module._REGISTRY["tiny_random"])
+        register_backbone("tiny_random")(backbones_module._REGISTRY.get("tiny_random"))
 
 
 def test_lite0_loads_every_tensor_of_the_packaged_file() -> None:

@@ -79,7 +79,7 @@ def test_bad_head_options_are_a_config_error() -> None:
 
 
 def test_a_new_head_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base, "_REGISTRY", base._REGISTRY.copy())
 
     @register_head("sum_for_test")
     class Sum(Head):

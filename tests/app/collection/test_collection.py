@@ -160,7 +160,7 @@ def test_an_upload_embedded_before_an_encoder_swap_is_refused_not_mislabelled(
 
     def embed_then_swap(*args: object, **kwargs: object) -> np.ndarray:
         vectors = embed(*args, **kwargs)  # type: ignore[arg-type]
-        service._switch(switched_to)  # the service follows the reindex while the upload is embedded
+        service.swaps.switch(switched_to)  # the service follows the reindex while the upload is embedded
         return vectors
 
     monkeypatch.setattr(service, "embed_images", embed_then_swap)

@@ -1,12 +1,13 @@
-"""The bulk job's regrouping by shape and padded forward passes (app/jobs/pipeline.py)."""
+"""The jobs' regrouping by shape and padded forward passes (app/jobs/embed.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from app.jobs.loading import Loaded
-from app.jobs.pipeline import Chunk, DeviceBatch, ShapeBatcher, embed
+from app.jobs.device import DeviceBatch
+from app.jobs.embed import Chunk, ShapeBatcher, embed
+from app.jobs.records import ImageRecord
 from models import Encoder, build_encoder
 
 
@@ -15,8 +16,8 @@ def tiny_encoder() -> Encoder:
     return build_encoder("tiny_random", "gap", max_side=64, device="cpu")
 
 
-def loaded(n: int) -> Loaded:
-    return Loaded(f"{n:064x}", b"", 10, 10, "JPEG", f"{n}.jpg", None)
+def loaded(n: int) -> ImageRecord:
+    return ImageRecord(f"{n:064x}", b"", 10, 10, "JPEG", f"{n}.jpg", None)
 
 
 def batch_of(shapes: list[tuple[int, int]], start: int = 0) -> DeviceBatch:
