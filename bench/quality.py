@@ -267,7 +267,7 @@ def embed_paths(
             cache_file,
         )
         for part_file in parts:
-            part_file.unlink()
+            part_file.unlink(missing_ok=True)  # another run may have taken it in first
     return data
 
 
