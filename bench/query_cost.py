@@ -1,21 +1,25 @@
-"""What geometric verification adds to a single query: today's default beside the new one, in one run.
+"""What geometric verification adds to a single query: today's default beside the previous one, in one run.
 
 A collection of Corel-1K photos is indexed through the service's own Collection; then single queries
 (edited copies of some of its photos, bench/copies.py, the uploads' path: decode, embed, rank) are timed
-with verification off (`verify_candidates=0`: the ranking of cbir before issue 13, re-ranking on) and on
-(the default), alternating the two sides query by query so that a busy machine slows both alike. "warm":
-the candidates' local features were derived before (the steady state of a service); "cold": the first
-query that meets them, which derives them from the stored files.
+with verification off (`verify_candidates=0`: the default of cbir before issue 13, re-ranking on) and on
+(the default), alternating the two sides query by query and starting each round with the other side, so
+that a busy machine slows both alike; the rounds repeat the same queries. "warm": the candidates' local
+features were derived before (the steady state of a service); "cold": every default query meets an empty
+feature cache and derives its candidates' features from the stored files (the first queries after a
+start), again alternating with the previous default. The machine's load average is printed beside the
+figures, and the extra storage: the local features' bytes per image (held in memory, none on disk).
 
-    python bench/query_cost.py [--images N] [--queries Q]
+    python bench/query_cost.py [--images N] [--queries Q] [--rounds R] [--cold C]
 
-Prints median and mean ms per query of each side and their ratio; the last line is JSON.
+Prints median and mean ms per query of each side and their ratio, warm and cold; the last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +37,7 @@ from app.encoders import encoder_from_settings  # noqa: E402
 from app.search.verification import VerifyOptions  # noqa: E402
 from bench.copies import make_copies  # noqa: E402
 from bench.quality import DATASETS, _decoded, labelled_files  # noqa: E402
+from models.local_features import extract  # noqa: E402
 
 
 def main() -> None:
@@ -42,55 +47,81 @@ def main() -> None:
     parser.add_argument("--corel", type=Path, default=DATASETS / "corel1k")
     parser.add_argument("--images", type=int, default=300, help="photos indexed (evenly over the classes)")
     parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2, help="times every warm query is repeated")
+    parser.add_argument("--cold", type=int, default=20, help="queries timed with an empty feature cache")
     args = parser.parse_args()
     paths, _ = labelled_files(args.corel)
     chosen = np.linspace(0, len(paths) - 1, args.images).round().astype(int)
+    load_before = _load()
     with tempfile.TemporaryDirectory(prefix="cbir-cost-") as folder:
         settings = Settings(data_dir=Path(folder))
-        collection = Collection.open(settings, encoder_from_settings(settings))
+        encoder = encoder_from_settings(settings)
+        collection = Collection.open(settings, encoder)
         for i in chosen.tolist():
             collection.add_upload(paths[i].read_bytes(), paths[i].name)
         originals = chosen[np.random.default_rng(5).permutation(len(chosen))[: args.queries]]
         copies = make_copies([_decoded(paths[i].read_bytes(), settings) for i in originals], originals, 3)
-        sides = {
-            "before (no verification)": VerifyOptions(0),
-            "default (verification)": collection.verification,
-        }
+        before, default = "before (no verification)", "default (verification)"
+        sides = {before: VerifyOptions(0), default: collection.verification}
+
+        def timed(name: str, data: bytes, cold: bool = False) -> float:
+            collection.verification = sides[name]
+            if cold and name == default:
+                collection.local_features.clear()
+            tick = time.perf_counter()
+            collection.search_image(data, 10)
+            return (time.perf_counter() - tick) * 1000
+
+        for copy in copies[:2]:  # the first queries of a process pay for lazy set-up on both sides
+            timed(before, copy.data), timed(default, copy.data)
         for image_id in collection.index.ids().tolist():  # warm: the steady state of a running service
             collection.local_features(int(image_id))
-        times: dict[str, list[float]] = {name: [] for name in sides}
-        for number, copy in enumerate(copies):
-            for name in list(sides) if number % 2 == 0 else list(sides)[::-1]:
-                collection.verification = sides[name]
-                tick = time.perf_counter()
-                collection.search_image(copy.data, 10)
-                times[name].append((time.perf_counter() - tick) * 1000)
-        cold: list[float] = []  # a fresh feature cache for every query
-        collection.verification = sides["default (verification)"]
-        for copy in copies[:10]:
-            collection.local_features.clear()
-            tick = time.perf_counter()
-            collection.search_image(copy.data, 10)
-            cold.append((time.perf_counter() - tick) * 1000)
+        warm: dict[str, list[float]] = {before: [], default: []}
+        for round_number in range(args.rounds):
+            for number, copy in enumerate(copies):
+                order = [before, default] if (number + round_number) % 2 == 0 else [default, before]
+                for name in order:
+                    warm[name].append(timed(name, copy.data))
+        cold: dict[str, list[float]] = {before: [], default: []}
+        for number, copy in enumerate(copies[: args.cold]):
+            for name in [before, default] if number % 2 == 0 else [default, before]:
+                cold[name].append(timed(name, copy.data, cold=True))
+        runtime = getattr(getattr(encoder, "runtime", None), "name", "torch")
         collection.close()
-    before, after = times["before (no verification)"], times["default (verification)"]
-    summary = {
+    per_image = [extract(_decoded(paths[i].read_bytes(), settings)) for i in chosen[:50].tolist()]
+    feature_bytes = statistics.mean(len(f.to_bytes()) for f in per_image)
+    load_after = _load()
+    summary: dict[str, object] = {
         "images": int(args.images),
         "queries": len(copies),
-        "before_median_ms": round(statistics.median(before), 1),
-        "default_median_ms": round(statistics.median(after), 1),
-        "before_mean_ms": round(statistics.mean(before), 1),
-        "default_mean_ms": round(statistics.mean(after), 1),
-        "ratio_median": round(statistics.median(after) / statistics.median(before), 3),
-        "cold_median_ms": round(statistics.median(cold), 1),
+        "rounds": args.rounds,
+        "runtime": runtime,
+        "load_before": load_before,
+        "load_after": load_after,
+        "local_feature_bytes_per_image": round(feature_bytes),
+        "extra_disk_bytes_per_image": 0,
     }
-    for name, values in times.items():
-        print(
-            f"{name:<28} median {statistics.median(values):7.1f} ms, mean {statistics.mean(values):7.1f} ms"
-        )
-    print(f"default, candidates' features not yet derived (cold): median {summary['cold_median_ms']} ms")
-    print(f"ratio (median, default / before): {summary['ratio_median']}")
+    print(f"runtime {runtime}; load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    for label, times in (("warm", warm), ("cold", cold)):
+        for name, values in times.items():
+            summary[f"{label}_{name.split()[0]}_median_ms"] = round(statistics.median(values), 1)
+            summary[f"{label}_{name.split()[0]}_mean_ms"] = round(statistics.mean(values), 1)
+            print(
+                f"{label} {name:<28} median {statistics.median(values):7.1f} ms, "
+                f"mean {statistics.mean(values):7.1f} ms ({len(values)} queries)"
+            )
+        ratio = statistics.median(times[default]) / statistics.median(times[before])
+        summary[f"{label}_ratio_median"] = round(ratio, 3)
+        print(f"{label} ratio (median, default / before): {ratio:.3f}")
+    print(
+        f"extra storage per image: 0 bytes on disk (local features are derived from the stored file); in "
+        f"memory, once verified, {feature_bytes / 1024:.1f} KB (mean over 50 of the photos)"
+    )
     print(json.dumps(summary))
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
