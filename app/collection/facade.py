@@ -33,11 +33,11 @@ from app.config import Settings
 from app.db.changes import DELETE, UPDATE, record_change
 from app.db.session import make_session_factory, open_database
 from app.db.tables import Image
-from app.errors import InvalidRequestError, NotFoundError
+from app.errors import InvalidRequestError, NotFoundError, ServiceBusyError
 from app.files.decoding import Storable, decode_or_raise, sha256_of
 from app.files.locate import image_file, looked_at
 from app.files.storage import FileStore
-from app.gate import InferenceGate, ServiceBusyError
+from app.gate import InferenceGate
 from app.jobs.records import ImageRecord
 from app.observability import NO_METER, InferenceMeter
 from app.search.queries import Box, check_box, scaled_box

@@ -23,9 +23,9 @@ from app.collection.versions import read_active
 from app.db import vectors as vectors_codec
 from app.db.changes import ADD, record_change
 from app.db.tables import Image
+from app.errors import ServiceBusyError
 from app.files.decoding import Storable
 from app.files.storage import FileStore
-from app.gate import ServiceBusyError
 from index import VectorIndex
 
 __all__ = [
