@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from bench.copies import EDITS
-from models.local_features import LocalFeatures, extract, extract_pair, inliers
+from models.local_features import LocalFeatures, _ratio_matches, extract, extract_pair, inliers
 
 
 def scene(seed: int) -> Image.Image:
@@ -82,3 +83,22 @@ def test_a_real_photo_s_edited_copy_matches_it_and_not_its_category_neighbour() 
     query = extract(jpeg(copy))
     assert inliers(query, extract(original)) >= 28  # "same" (app/search/verification.py MIN_INLIERS)
     assert inliers(query, extract(neighbour)) < 28
+
+
+def _opencv_ratio_matches(query: LocalFeatures, candidate: LocalFeatures) -> list[tuple[int, int]]:
+    """The ratio test through OpenCV's BFMatcher, the reference the faiss matcher must agree with."""
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, candidate.descriptors, k=2)
+    kept = [p for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    return [(p[0].queryIdx, p[0].trainIdx) for p in kept]
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_the_ratio_test_keeps_the_matches_opencv_keeps(seed: int) -> None:
+    """Copies, mirrored copies and unrelated pictures: the same (query, candidate) pairs survive."""
+    original = scene(seed)
+    queries = [extract(edited(original)), extract_pair(edited(original))[1], extract(scene(seed + 50))]
+    candidate = extract(original)
+    for query in queries:
+        ours = _ratio_matches(query.descriptors, candidate.descriptors)
+        found = list(zip(*(part.tolist() for part in ours), strict=True))
+        assert found == _opencv_ratio_matches(query, candidate)
