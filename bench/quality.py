@@ -76,6 +76,7 @@ from app.learn.finetune import FinetuneOptions, finetune_encoder  # noqa: E402
 from app.learn.fit import FitOptions, fit_parameters  # noqa: E402
 from app.search.reranking import NeighbourCache, RerankOptions, options_from_settings, rank  # noqa: E402
 from app.search.verification import (  # noqa: E402
+    FeaturesOf,
     QueryFeatures,
     VerifyOptions,
     probability,
@@ -368,6 +369,10 @@ class OriginalFeatures:
             self.items[position] = extract(self.picture(position))
         return self.items[position]
 
+    def many(self, positions: Sequence[int]) -> list[LocalFeatures | None]:
+        """rank_verified's features_of: every candidate of a query at once, as the collection gives them."""
+        return [self(p) for p in positions]
+
     def picture(self, position: int) -> Image.Image:
         return _decoded(self.paths[position].read_bytes(), self.settings)
 
@@ -587,7 +592,7 @@ def _check(task: CategoryQueries, index: VectorIndex, relevant: np.ndarray, aps:
             rerank,
             verification,
             features,
-            task.originals,
+            task.originals.many,
             cache=NeighbourCache(),
             exclude=exclude,
         ).ids
@@ -676,7 +681,7 @@ def copy_figures(
     part: CopyPart,
     rerank: RerankOptions,
     verification: VerifyOptions,
-    features_of: Callable[[int], LocalFeatures | None],
+    features_of: FeaturesOf,
 ) -> CopyFigures:
     """Copies query the whole unedited collection (originals included): R@1, R@10 of the original."""
     index = VectorIndex(vectors.shape[1], "bench")
@@ -779,7 +784,7 @@ def main() -> None:
                 for part in parts[data.name]:
                     copy_vectors, _ = make(data, part.data)
                     figures = copy_figures(
-                        vectors, data.labels, copy_vectors, part, rerank, verification, local[data.name]
+                        vectors, data.labels, copy_vectors, part, rerank, verification, local[data.name].many
                     )
                     row.copies[(data.name, part.part)] = figures
         except Exception as exc:  # one row's failure (a fit, a training) is reported, the others still run

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.collection import following, index_file, opening, stores, writing
+from app.collection.features import StoredFeatures
 from app.collection.presence import require_collection
 from app.collection.results import Added, Hit, hits_of
 from app.collection.swaps import SwapFollower
@@ -42,9 +43,10 @@ from app.jobs.records import ImageRecord
 from app.observability import NO_METER, InferenceMeter
 from app.search.queries import Box, check_box, scaled_box
 from app.search.reranking import NeighbourCache, RerankOptions, options_from_settings
-from app.search.verification import FeatureCache, QueryFeatures, VerifyOptions, rank_verified
+from app.search.verification import QueryFeatures, VerifyOptions, rank_verified
 from index import SearchParams, VectorIndex
 from models import DecodedImage, Encoder, ImageEncoder
+from models.local_features import extract
 
 __all__ = ["Added", "Collection", "Hit", "require_collection"]
 
@@ -68,7 +70,7 @@ class Collection:
         self.rerank = options_from_settings(settings)  # requests may override it
         self._neighbours = NeighbourCache()
         self.verification = VerifyOptions(settings.verify_candidates)
-        self.local_features = FeatureCache(self.picture_of)  # derived from the stored files, see verification
+        self.local_features = StoredFeatures(self.sessions, self.picture_of)  # for verification
         self._files_pool: ThreadPoolExecutor | None = None  # see ingest_many
         # Search-time defaults of the settings (None: the index's own); requests may override them.
         self.search_params = SearchParams(settings.nprobe, settings.ef_search)
@@ -97,6 +99,7 @@ class Collection:
     def close(self) -> None:
         if self._files_pool is not None:
             self._files_pool.shutdown()
+        self.local_features.close()
         self.engine.dispose()
 
     def reconcile(self) -> tuple[int, int]:
@@ -180,14 +183,18 @@ class Collection:
 
     def prepare_upload(self, data: bytes, name: str, meta: dict[str, Any] | None = None) -> ImageRecord:
         decoded = self._decode(data)
-        return ImageRecord.of_picture(sha256_of(data), data, decoded, name=name, meta=meta)
+        record = ImageRecord.of_picture(sha256_of(data), data, decoded, name=name, meta=meta)
+        record.local_features = extract(decoded.image).to_bytes()  # stored with the row (features.py)
+        return record
 
     def embed_query(
         self, data: bytes, box: Box | None = None, encoder: ImageEncoder | None = None
     ) -> np.ndarray:
         """The query's descriptor; with a box (x0, y0, x1, y1 in the original's pixels), the region's."""
         encoder = encoder or self.encoder
-        decoded = self._decode(data, encoder)
+        return self._embed_decoded(self._decode(data, encoder), box, encoder)
+
+    def _embed_decoded(self, decoded: DecodedImage, box: Box | None, encoder: ImageEncoder) -> np.ndarray:
         if box is None:
             return self.embed_images([decoded.image], bounded=True, encoder=encoder)[0]
         if not isinstance(encoder, Encoder):
@@ -440,19 +447,16 @@ class Collection:
         for _ in range(3):
             # Embed and search with one encoder's pair even if a switch swaps them in between.
             encoder, index = self.encoder, self.index
-            vector = self.embed_query(data, box, encoder)
+            decoded = self._decode(data, encoder)
+            vector = self._embed_decoded(decoded, box, encoder)
             if index.fingerprint == encoder.fingerprint:
                 # A region query looks for an object inside other pictures, not for the same picture.
-                picture = self._query_picture(data, encoder) if box is None else None
+                verified = box is None and self.verification.active
+                picture = decoded.image if verified else None
                 return self.search_vectors(
                     vector[None, :], k, rerank, index, params, allowed_ids=allowed_ids, pictures=[picture]
                 )[0]
         raise ServiceBusyError("the collection is switching to another encoder: retry in a moment")
-
-    def _query_picture(self, data: bytes, encoder: ImageEncoder) -> PILImage | None:
-        if not self.verification.active:
-            return None
-        return self._decode(data, encoder).image
 
     def _decode(self, data: bytes, encoder: ImageEncoder | None = None) -> DecodedImage:
         """Decoded as uploads are, for ``encoder`` (the current one by default)."""

@@ -1,4 +1,5 @@
-"""The collection's inserts: one image's row (its vector included) and its file, in one transaction.
+"""The collection's inserts: one image's row (its vector and local features included) and its file, in one
+transaction.
 
 Files are staged under pending names before the commit and published after it (app/files/storage.py), so a
 crash leaves either a committed row whose file is published at the next open, or a pending file no row
@@ -22,7 +23,7 @@ from app.collection.results import Added
 from app.collection.versions import read_active
 from app.db import vectors as vectors_codec
 from app.db.changes import ADD, record_change
-from app.db.tables import Image
+from app.db.tables import Image, StoredLocalFeatures
 from app.errors import ServiceBusyError
 from app.files.decoding import Storable
 from app.files.storage import FileStore
@@ -99,7 +100,10 @@ def insert_rows(
         existing[item.sha256] = row
         results.append(Added(row, duplicate=False))
     session.flush()
-    record_change(session, ADD, [added.image.id for added in results if not added.duplicate])
+    pairs = zip(results, items, strict=True)
+    fresh = [(added.image.id, item) for added, item in pairs if not added.duplicate]
+    _insert_features(session, fresh)
+    record_change(session, ADD, [image_id for image_id, _ in fresh])
     return results
 
 
@@ -137,8 +141,20 @@ def insert_many(
     found = session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(new)))
     id_of = {digest: image_id for digest, image_id in found}
     ids = [id_of[digest] for digest in new]
+    _insert_features(session, list(zip(ids, (items[p] for p in fresh), strict=True)))
     record_change(session, ADD, ids)
     return ids, fresh
+
+
+def _insert_features(session: Session, rows: Sequence[tuple[int, Storable]]) -> None:
+    """The new rows' local features, where the reader extracted them (app/collection/features.py)."""
+    values = [
+        {"image_id": image_id, "data": item.local_features}
+        for image_id, item in rows
+        if item.local_features is not None
+    ]
+    if values:
+        session.execute(insert(StoredLocalFeatures), values)
 
 
 def refuse_if_swapped(made_by: str | None, fingerprint: str) -> None:

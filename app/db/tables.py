@@ -109,6 +109,22 @@ class StagedVector(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class StoredLocalFeatures(Base):
+    """An image's local features for geometric verification (models/local_features.py, its byte form).
+
+    Derived from the file, and written in the transaction that inserts the image, so verifying a query's
+    candidates reads their rows (one query) instead of decoding ten files: that made a query with a cold
+    feature cache 4.3 times dearer than one without verification (bench/query_cost.py, issue 13). Rows
+    without features (collections from before, JPEGs decoded on the GPU) get them at their first
+    verification. Deleted with the image.
+    """
+
+    __tablename__ = "local_features"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Change(Base):
     """One change to the collection, written in the transaction that makes it: the change feed.
 

@@ -129,7 +129,7 @@ class EmbedBatch:
 
 _COLUMNS = (
     *("status", "reason", "sha256", "data", "width", "height"),
-    *("format", "name", "source", "meta", "vector"),
+    *("format", "name", "source", "meta", "vector", "features"),
 )
 
 
@@ -146,6 +146,7 @@ def _row(item: ImageRecord, vector: np.ndarray) -> dict[str, Any]:
         "source": item.source_path or "",
         "meta": json.dumps(item.meta),
         "vector": vectors_codec.encode(vector),
+        "features": item.local_features or b"",
     }
 
 
@@ -162,6 +163,7 @@ def _skipped_row(skipped: Skipped) -> dict[str, Any]:
         "source": str(skipped.path),
         "meta": "{}",
         "vector": b"",
+        "features": b"",
     }
 
 
@@ -237,4 +239,5 @@ def _record(batch: dict[str, np.ndarray], i: int) -> ImageRecord:
         original_name=str(batch["name"][i]),
         source_path=source,
         meta=json.loads(str(batch["meta"][i])),
+        local_features=bytes(batch["features"][i]) or None,
     )

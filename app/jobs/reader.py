@@ -5,9 +5,10 @@ and two flavours run it over many:
 
 - ``batch_loader``, worker processes (torch's DataLoader), for the bulk and Ray jobs: on a GPU host the job
   must read thousands of files a second, and PIL's header parsing and Python's bookkeeping hold the GIL.
-  Each result is pixels decoded on the CPU (uint8, the exact pixels the upload path makes) or, for JPEGs
-  the GPU may decode, just the checked bytes (models.device_decode). Batches stack the CPU pixels by shape,
-  ready to be pinned and moved to the model's device in one copy per shape.
+  Each result is pixels decoded on the CPU (uint8, the exact pixels the upload path makes) with the
+  picture's local features for its row, or, for JPEGs the GPU may decode, just the checked bytes
+  (models.device_decode; their features are derived at their first verification). Batches stack the CPU
+  pixels by shape, ready to be pinned and moved to the model's device in one copy per shape.
 - ``load_files``, threads, for the jobs that embed pictures one by one (reindex, learning, evaluation):
   PIL and hashlib release the GIL while they work, so threads overlap decoding with the forward pass in the
   caller, and a bounded window of pending futures keeps memory flat on huge folders.
@@ -30,6 +31,7 @@ from app.jobs.records import ImageRecord
 from app.jobs.sources import SourceItem
 from models import ImageDecodeError, decode_image
 from models.device_decode import routes_to_device
+from models.local_features import extract
 from models.preprocess import pixels_from_image, probe_image
 
 __all__ = [
@@ -57,6 +59,7 @@ class ReadOptions:
     max_pixels: int
     device_jpeg: bool = False  # JPEGs the GPU can decode are left undecoded
     pictures: bool = False  # keep the decoded picture in the record instead of returning pixels
+    local_features: bool = False  # extract the picture's local features for its row (the collection's jobs)
 
 
 def read_file(item: SourceItem, options: ReadOptions, known: Known = nothing_known) -> Read:
@@ -85,6 +88,8 @@ def read_file(item: SourceItem, options: ReadOptions, known: Known = nothing_kno
     except ImageDecodeError as exc:
         return Skipped(path, str(exc)), None
     record.width, record.height, record.format = decoded.width, decoded.height, decoded.format
+    if options.local_features:
+        record.local_features = extract(decoded.image).to_bytes()
     if options.pictures:
         record.picture = decoded
         return record, None
@@ -173,3 +178,4 @@ def batch_loader(
         prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context="fork" if workers > 0 else None,
     )
+

@@ -36,6 +36,8 @@ class ImageRecord:
     orientation: int = 1  # EXIF orientation, applied on the device when on_device
     on_device: bool = False
     picture: DecodedImage | None = None
+    # models/local_features.py's byte form, stored with the row (None: derived at the first verification)
+    local_features: bytes | None = None
 
     @classmethod
     def of_picture(

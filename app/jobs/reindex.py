@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.collection.features import store_missing
 from app.collection.versions import encoder_spec, read_active, record_active
 from app.config import Settings
 from app.db import vectors as vectors_codec
@@ -162,6 +163,15 @@ def _stage(
                         vector=vectors_codec.encode(vector),
                     )
                     for item, vector in zip(batch.items, vectors, strict=True)
+                )
+                # Images stored before their features were (a collection from before) get them now.
+                store_missing(
+                    session,
+                    [
+                        (id_of[item.source_path or ""], item.local_features)
+                        for item in batch.items
+                        if item.local_features is not None
+                    ],
                 )
             report.embedded += len(batch.items)
         done += dropped + len(skipped) + sum(len(batch.items) for batch in embedded)

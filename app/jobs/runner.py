@@ -30,9 +30,12 @@ WRITES_IN_FLIGHT = 2
 
 
 def read_options(encoder: ImageEncoder, max_pixels: int, gpu_decode: bool) -> ReadOptions:
-    """Pixels for the encoder; JPEGs left to the GPU's decoder when it is a CUDA encoder and allowed to."""
+    """Pixels for the encoder, and local features for the rows; JPEGs left to the GPU's decoder when it is
+    a CUDA encoder and allowed to."""
     on_gpu = isinstance(encoder, Encoder) and encoder.device.type == "cuda" and gpu_decode
-    return ReadOptions(max_side=encoder.max_side, max_pixels=max_pixels, device_jpeg=on_gpu)
+    return ReadOptions(
+        max_side=encoder.max_side, max_pixels=max_pixels, device_jpeg=on_gpu, local_features=True
+    )
 
 
 def run_stages(

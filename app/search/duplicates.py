@@ -51,12 +51,12 @@ def _verified(
     candidates, cosines = ids[0][keep], scores[0][keep]
     if not len(candidates):
         return []
-    picture = collection.local_features(image_id)
+    [picture] = collection.local_features([image_id])
     if picture is None:
         picture = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
     own = collection.picture_of(image_id)  # for the mirrored features, only if needed
     query = QueryFeatures(image=own, plain=picture) if own is not None else QueryFeatures(plain=picture)
-    counts = verify(query, [collection.local_features(int(i)) for i in candidates])
+    counts = verify(query, collection.local_features(candidates.tolist()))
     same = probability(counts, cosines) >= 0.5
     out = [
         (int(i), float(s), int(n))

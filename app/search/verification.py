@@ -25,7 +25,6 @@ descriptor" and "Near-duplicates".
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +38,7 @@ from models.local_features import LocalFeatures, extract, extract_pair, inliers
 __all__ = [
     "MIN_INLIERS",
     "NEAR_IDENTICAL",
-    "FeatureCache",
+    "FeaturesOf",
     "QueryFeatures",
     "Ranked",
     "VerifyOptions",
@@ -56,6 +55,10 @@ _SLOPE = 0.241
 _MIDPOINT = 27.75
 MIN_INLIERS = 28  # the first count with P(same) >= 0.5: the "same" decision
 _MIRROR_FROM = MIN_INLIERS  # below this many inliers on every candidate, the mirrored query is tried too
+
+# The local features of stored images by id, in order (None: none to be had), all of one query's
+# candidates in one call: the collection reads them in one SELECT (app/collection/features.py).
+FeaturesOf = Callable[[Sequence[int]], Sequence[LocalFeatures | None]]
 
 
 # Plain cosine from which a result is the same picture even without local evidence: a re-saved or resized
@@ -113,32 +116,6 @@ class QueryFeatures:
         return self._mirrored
 
 
-class FeatureCache:
-    """Local features of stored images by id, derived from their files when first verified (LRU)."""
-
-    def __init__(self, load: Callable[[int], Image.Image | None], max_items: int = 20_000) -> None:
-        self._load = load
-        self._items: OrderedDict[int, LocalFeatures] = OrderedDict()
-        self._max_items = max_items
-
-    def __call__(self, image_id: int) -> LocalFeatures | None:
-        found = self._items.get(image_id)
-        if found is not None:
-            self._items.move_to_end(image_id)
-            return found
-        image = self._load(image_id)
-        if image is None:
-            return None
-        features = extract(image)
-        self._items[image_id] = features
-        if len(self._items) > self._max_items:
-            self._items.popitem(last=False)
-        return features
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
 @dataclass
 class Ranked:
     """(Q, k) scores and ids as rank gives them, plus inliers (-1: not verified) and P(same)."""
@@ -169,7 +146,7 @@ def rank_verified(
     options: RerankOptions,
     verification: VerifyOptions,
     query_features: Sequence[QueryFeatures | None],
-    features_of: Callable[[int], LocalFeatures | None],
+    features_of: FeaturesOf,
     *,
     cache: NeighbourCache | None = None,
     exclude: Sequence[int | None] | None = None,
@@ -202,7 +179,7 @@ def rank_verified(
         if features is None or not len(checked):
             out_scores[row], out_ids[row] = scores[row], ids[row]
             continue
-        found = verify(features, [features_of(int(i)) for i in checked])
+        found = verify(features, features_of(checked.tolist()))
         chance = probability(found, plain_scores[row][: len(checked)])
         merged: dict[int, tuple[float, int, float]] = {
             int(i): (float(s), -1, 0.0) for s, i in zip(scores[row], ids[row], strict=True) if i >= 0

@@ -176,6 +176,7 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
         process.kill()
         process.wait()
         counts.append(row_count(url))
+
     assert counts[-1] < 10 * PER_CLASS, counts
     assert counts[-1] >= 150, counts  # the last kill came after 150 rows were seen committed
 
@@ -185,10 +186,12 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
     engine = create_engine(url)
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT id, sha256, source_path FROM images ORDER BY id")).all()
+        featured = connection.execute(text("SELECT image_id FROM local_features ORDER BY image_id")).all()
         fingerprint = connection.execute(text("SELECT DISTINCT encoder FROM images")).scalar_one()
     engine.dispose()
     ids = [row[0] for row in rows]
     assert len(ids) == 10 * PER_CLASS
+    assert [row[0] for row in featured] == ids  # every row's local features, committed with it
     assert len({row[1] for row in rows}) == len(rows)
     assert sorted(Path(row[2]).name for row in rows) == sorted(p.name for p in subset.rglob("*.jpg"))
     index = VectorIndex.load(data_dir / "index.faiss", dim=1280, fingerprint=fingerprint)

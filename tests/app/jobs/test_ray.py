@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from app.collection.facade import Collection
 from app.config import Settings
-from app.db.tables import Image
+from app.db.tables import Image, StoredLocalFeatures
 from app.encoders import encoder_from_settings
 from app.files.decoding import sha256_of
 from app.jobs import bulk
@@ -97,8 +97,16 @@ def test_ray_indexes_corel_with_the_vectors_of_a_local_job(
         np.testing.assert_allclose(
             np.frombuffer(ours.vector, "<f4"), np.frombuffer(theirs.vector, "<f4"), atol=1e-5
         )
+        # The actors extract the local features too, the same bytes a local job stores.
+        assert local_features(collection, ours.id) == local_features(local, theirs.id) is not None
     collection.close()
     local.close()
+
+
+def local_features(collection: Collection, image_id: int) -> bytes | None:
+    with collection.sessions() as session:
+        row = session.get(StoredLocalFeatures, image_id)
+        return None if row is None else row.data
 
 
 @pytest.mark.slow

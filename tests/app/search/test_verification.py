@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
@@ -27,8 +28,12 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 @cache
-def stored(image_id: int) -> LocalFeatures:
+def _stored(image_id: int) -> LocalFeatures:
     return extract(scene(image_id))
+
+
+def stored(image_ids: Sequence[int]) -> list[LocalFeatures | None]:
+    return [_stored(i) for i in image_ids]
 
 
 def setup() -> tuple[VectorIndex, np.ndarray, int]:
