@@ -16,6 +16,10 @@ and two flavours run it over many:
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -177,5 +181,24 @@ def batch_loader(
         pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context="fork" if workers > 0 else None,
+        worker_init_fn=_die_with_parent if workers > 0 else None,
     )
 
+
+def _die_with_parent(_worker_id: int) -> None:
+    """A worker ends when the job that forked it is killed (`kill -9`, the OOM killer).
+
+    torch's own check of the parent runs only between batches; a worker blocked writing a batch the dead
+    job will never read stays blocked (its siblings hold the pipe open), so a killed job used to leave its
+    workers behind. Linux's PR_SET_PDEATHSIG has the kernel kill the worker with its parent.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the job died before the call took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -155,6 +156,13 @@ def wait_for_kill_point(point: str, process: subprocess.Popen[bytes], url: str) 
     )
 
 
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
     subset: Path, tmp_path: Path, db_url: str | None
 ) -> None:
@@ -173,10 +181,16 @@ def test_bulk_job_killed_ten_times_loses_nothing_and_stores_nothing_twice(
             point = f"rows>={before + 1}"  # this run must commit something of its own before the kill
         wait_for_kill_point(point, process, url)
         assert process.poll() is None, f"the job finished before the kill point {point!r}; raise PER_CLASS"
+        workers = psutil.Process(process.pid).children(recursive=True)
         process.kill()
         process.wait()
         counts.append(row_count(url))
 
+        # Its reader processes go with it, instead of waiting forever on a pipe nobody reads.
+        def gone(ws: list[psutil.Process] = workers) -> bool:
+            return not any(_running(w) for w in ws)
+
+        wait_until(gone, f"the workers of the job killed at {point}", 30)
     assert counts[-1] < 10 * PER_CLASS, counts
     assert counts[-1] >= 150, counts  # the last kill came after 150 rows were seen committed
 
