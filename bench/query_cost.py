@@ -1,7 +1,9 @@
 """What geometric verification adds to a single query: today's default beside the previous one, in one run.
 
 A collection of Corel-1K photos is indexed through the service's own Collection; then single queries
-(edited copies of some of its photos, bench/copies.py, the uploads' path: decode, embed, rank) are timed
+of both kinds through the uploads' path (decode, embed, rank) are timed: edited copies of some of its
+photos (bench/copies.py: "the same picture") and photos of the same classes that are not in the collection
+("similar pictures", which rarely match as they are, so their mirrored query is verified too); they are timed
 with verification off (`verify_candidates=0`: the default of cbir before issue 13, re-ranking on) and on
 (the default), alternating the two sides query by query and starting each round with the other side, so
 that a busy machine slows both alike; the rounds repeat the same queries. "warm": the candidates' local
@@ -61,8 +63,15 @@ def main() -> None:
         collection = Collection.open(settings, encoder)
         for i in chosen.tolist():
             collection.add_upload(paths[i].read_bytes(), paths[i].name)
-        originals = chosen[np.random.default_rng(5).permutation(len(chosen))[: args.queries]]
+        rng = np.random.default_rng(5)
+        originals = chosen[rng.permutation(len(chosen))[: args.queries]]
         copies = make_copies([_decoded(paths[i].read_bytes(), settings) for i in originals], originals, 3)
+        unindexed = np.setdiff1d(np.arange(len(paths)), chosen)
+        others = unindexed[rng.permutation(len(unindexed))[: args.queries]]
+        kinds = {  # "the same picture" and "similar pictures" (photos of the classes not in the collection)
+            "copies": [copy.data for copy in copies],
+            "similar": [paths[i].read_bytes() for i in others.tolist()],
+        }
         before, default = "before (no verification)", "default (verification)"
         sides = {before: VerifyOptions(0), default: collection.verification}
 
@@ -74,19 +83,21 @@ def main() -> None:
             collection.search_image(data, 10)
             return (time.perf_counter() - tick) * 1000
 
-        for copy in copies[:2]:  # the first queries of a process pay for lazy set-up on both sides
-            timed(before, copy.data), timed(default, copy.data)
-        collection.local_features(collection.index.ids().tolist())  # warm: a running service's steady state
-        warm: dict[str, list[float]] = {before: [], default: []}
-        for round_number in range(args.rounds):
-            for number, copy in enumerate(copies):
-                order = [before, default] if (number + round_number) % 2 == 0 else [default, before]
-                for name in order:
-                    warm[name].append(timed(name, copy.data))
-        cold: dict[str, list[float]] = {before: [], default: []}
-        for number, copy in enumerate(copies[: args.cold]):
-            for name in [before, default] if number % 2 == 0 else [default, before]:
-                cold[name].append(timed(name, copy.data, cold=True))
+        for data in kinds["copies"][:2]:  # the first queries of a process pay for lazy set-up on both sides
+            timed(before, data), timed(default, data)
+        times: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for kind, queries in kinds.items():
+            collection.local_features(collection.index.ids().tolist())  # warm: a running service's state
+            warm = times[kind, "warm"] = {before: [], default: []}
+            for round_number in range(args.rounds):
+                for number, data in enumerate(queries):
+                    order = [before, default] if (number + round_number) % 2 == 0 else [default, before]
+                    for name in order:
+                        warm[name].append(timed(name, data))
+            cold = times[kind, "cold"] = {before: [], default: []}
+            for number, data in enumerate(queries[: args.cold]):
+                for name in [before, default] if number % 2 == 0 else [default, before]:
+                    cold[name].append(timed(name, data, cold=True))
         runtime = getattr(getattr(encoder, "runtime", None), "name", "torch")
         with collection.sessions() as session:
             stored = session.scalar(select(func.avg(func.length(StoredLocalFeatures.data))))
@@ -100,7 +111,7 @@ def main() -> None:
     load_after = _load()
     summary: dict[str, object] = {
         "images": int(args.images),
-        "queries": len(copies),
+        "queries": {kind: len(queries) for kind, queries in kinds.items()},
         "rounds": args.rounds,
         "runtime": runtime,
         "load_before": load_before,
@@ -110,17 +121,20 @@ def main() -> None:
         "local_feature_memory_bytes_per_image": round(in_memory),
     }
     print(f"runtime {runtime}; load average (1, 5, 15 min) before {load_before}, after {load_after}")
-    for label, times in (("warm", warm), ("cold", cold)):
-        for name, values in times.items():
-            summary[f"{label}_{name.split()[0]}_median_ms"] = round(statistics.median(values), 1)
-            summary[f"{label}_{name.split()[0]}_mean_ms"] = round(statistics.mean(values), 1)
+    for (kind, label), sides_times in times.items():
+        if not sides_times[before]:
+            print(f"{kind}: no queries (every photo is indexed)")
+            continue
+        for name, values in sides_times.items():
+            summary[f"{kind}_{label}_{name.split()[0]}_median_ms"] = round(statistics.median(values), 1)
+            summary[f"{kind}_{label}_{name.split()[0]}_mean_ms"] = round(statistics.mean(values), 1)
             print(
-                f"{label} {name:<28} median {statistics.median(values):7.1f} ms, "
+                f"{kind:<7} {label} {name:<28} median {statistics.median(values):7.1f} ms, "
                 f"mean {statistics.mean(values):7.1f} ms ({len(values)} queries)"
             )
-        ratio = statistics.median(times[default]) / statistics.median(times[before])
-        summary[f"{label}_ratio_median"] = round(ratio, 3)
-        print(f"{label} ratio (median, default / before): {ratio:.3f}")
+        ratio = statistics.median(sides_times[default]) / statistics.median(sides_times[before])
+        summary[f"{kind}_{label}_ratio_median"] = round(ratio, 3)
+        print(f"{kind:<7} {label} ratio (median, default / before): {ratio:.3f}")
     print(
         f"extra storage per image: {feature_bytes / 1024:.1f} KB in the database (local features, mean of "
         f"{rows} rows); in memory, once read, {in_memory / 1024:.1f} KB (mean over 50 of the photos)"

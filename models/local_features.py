@@ -11,9 +11,10 @@ and the count of its inliers is the evidence. A mirrored copy is matched with th
 ORB rather than SIFT: on this project's CPU ORB extracts in ~16 ms at 256 px against ~65 ms for SIFT, and
 its 32-byte binary descriptors are a quarter of SIFT's size. OpenCV's implementation is used as is (a
 well-kept library); this module only chooses sizes and thresholds, measured in bench/quality.py. The two
-nearest descriptors for the ratio test come from faiss's binary brute force (IndexBinaryFlat), which finds
-the same neighbours as OpenCV's BFMatcher.knnMatch in a fifth of the time (0.18 against 0.92 ms for two
-pictures' ~320 keypoints): ten candidates a query make that the difference that counts (bench/query_cost.py).
+nearest descriptors for the ratio test come from faiss's binary brute force (knn_hamming), which finds the
+same neighbours as OpenCV's BFMatcher.knnMatch in a ninth of the time (0.10 against 0.92 ms for two
+pictures' ~320 keypoints): ten to twenty candidates a query make that the difference that counts
+(bench/query_cost.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
-__all__ = ["LocalFeatures", "extract", "extract_pair", "inliers"]
+__all__ = ["LocalFeatures", "extract", "extract_pair", "extract_pixels", "grey_pixels", "inliers"]
 
 # Long side the features are extracted at, and how many keypoints are kept (bench/quality.py).
 MAX_SIDE = 256
@@ -95,7 +96,21 @@ def extract(image: Image.Image) -> LocalFeatures:
 def extract_pair(image: Image.Image) -> tuple[LocalFeatures, LocalFeatures]:
     """Features of the picture and of its mirror image (for verifying mirrored copies)."""
     pixels = _grey(image)
-    return _detect(pixels), _detect(np.ascontiguousarray(pixels[:, ::-1]))
+    return _detect(pixels), _detect(_mirrored(pixels))
+
+
+def grey_pixels(image: Image.Image) -> np.ndarray:
+    """The pixels features are extracted from: a query keeps them for its mirrored features."""
+    return _grey(image)
+
+
+def extract_pixels(pixels: np.ndarray, *, mirrored: bool = False) -> LocalFeatures:
+    """Features of grey_pixels(image), or of their mirror image (for verifying mirrored copies)."""
+    return _detect(_mirrored(pixels) if mirrored else pixels)
+
+
+def _mirrored(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels[:, ::-1])
 
 
 def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
@@ -116,8 +131,6 @@ def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
 def _ratio_matches(query: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(query, candidate) keypoint indices whose nearest candidate descriptor is clearly nearer than the
     second nearest (Lowe's ratio test, Hamming distance)."""
-    index = faiss.IndexBinaryFlat(candidate.shape[1] * 8)
-    index.add(np.ascontiguousarray(candidate))
-    distances, neighbours = index.search(np.ascontiguousarray(query), 2)
+    distances, neighbours = faiss.knn_hamming(np.ascontiguousarray(query), np.ascontiguousarray(candidate), 2)
     good = (neighbours[:, 1] >= 0) & (distances[:, 0] < _RATIO * distances[:, 1])
     return np.flatnonzero(good), neighbours[good, 0]

@@ -33,7 +33,7 @@ from PIL import Image
 
 from app.search.reranking import NeighbourCache, RerankOptions, rank
 from index import SearchParams, VectorIndex
-from models.local_features import LocalFeatures, extract, extract_pair, inliers
+from models.local_features import LocalFeatures, extract_pixels, grey_pixels, inliers
 
 __all__ = [
     "MIN_INLIERS",
@@ -100,20 +100,25 @@ class QueryFeatures:
         if image is None and plain is None:
             raise ValueError("QueryFeatures needs the query's picture or its features")
         self._image, self._plain, self._mirrored = image, plain, mirrored
+        self._pixels: np.ndarray | None = None  # grey, at the features' size: made once for both
 
     @property
     def plain(self) -> LocalFeatures:
         if self._plain is None:
-            assert self._image is not None
-            self._plain = extract(self._image)
+            self._plain = extract_pixels(self._grey())
         return self._plain
 
     @property
     def mirrored(self) -> LocalFeatures:
         if self._mirrored is None:
-            assert self._image is not None
-            self._plain, self._mirrored = extract_pair(self._image)
+            self._mirrored = extract_pixels(self._grey(), mirrored=True)
         return self._mirrored
+
+    def _grey(self) -> np.ndarray:
+        if self._pixels is None:
+            assert self._image is not None
+            self._pixels = grey_pixels(self._image)
+        return self._pixels
 
 
 @dataclass
