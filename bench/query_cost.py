@@ -10,7 +10,9 @@ that a busy machine slows both alike; the rounds repeat the same queries. "warm"
 features are in the collection's memory (the steady state of a service); "cold": every default query
 meets an empty memory and reads its candidates' features from their database rows, where indexing stored
 them (the first queries after a start; app/collection/features.py), again alternating with the previous
-default. The machine's load average is printed beside the figures, and the extra storage: the stored
+default. A third side is the default when issue 13 was filed: the same, on torch fp32 (CBIR_RUNTIME=torch;
+the OpenVINO runtime came with issue 17), for what an upgrade costs. The machine's load average is printed
+beside the figures, and the extra storage: the stored
 features' bytes per image in the database, and in memory once read.
 
     python bench/query_cost.py [--images N] [--queries Q] [--rounds R] [--cold C]
@@ -53,6 +55,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2, help="times every warm query is repeated")
     parser.add_argument("--cold", type=int, default=20, help="queries timed with an empty feature cache")
+    parser.add_argument(
+        "--no-filed",
+        dest="filed",
+        action="store_false",
+        help="skip the third side: the default when issue 13 was filed (torch fp32, no verification)",
+    )
     args = parser.parse_args()
     paths, _ = labelled_files(args.corel)
     chosen = np.linspace(0, len(paths) - 1, args.images).round().astype(int)
@@ -73,31 +81,39 @@ def main() -> None:
             "similar": [paths[i].read_bytes() for i in others.tolist()],
         }
         before, default = "before (no verification)", "default (verification)"
-        sides = {before: VerifyOptions(0), default: collection.verification}
+        sides = {before: (VerifyOptions(0), encoder), default: (collection.verification, encoder)}
+        # The default when issue 13 was filed: torch fp32 (CBIR_RUNTIME=torch), re-ranking, no verification.
+        # Its vectors are within the fp32 tolerance of the runtime's, with the same fingerprint, so it
+        # searches the same index.
+        filed_encoder = encoder_from_settings(settings.model_copy(update={"runtime": "torch"}))
+        if filed_encoder.fingerprint == encoder.fingerprint and args.filed:
+            sides[FILED] = (VerifyOptions(0), filed_encoder)
 
         def timed(name: str, data: bytes, cold: bool = False) -> float:
-            collection.verification = sides[name]
+            collection.verification, collection.encoder = sides[name]
             if cold and name == default:
                 collection.local_features.clear()
             tick = time.perf_counter()
             collection.search_image(data, 10)
             return (time.perf_counter() - tick) * 1000
 
-        for data in kinds["copies"][:2]:  # the first queries of a process pay for lazy set-up on both sides
-            timed(before, data), timed(default, data)
+        names = list(sides)
+        for data in kinds["copies"][:2]:  # the first queries of a process pay for lazy set-up on all sides
+            for name in names:
+                timed(name, data)
         times: dict[tuple[str, str], dict[str, list[float]]] = {}
         for kind, queries in kinds.items():
             collection.local_features(collection.index.ids().tolist())  # warm: a running service's state
-            warm = times[kind, "warm"] = {before: [], default: []}
+            warm = times[kind, "warm"] = {name: [] for name in names}
             for round_number in range(args.rounds):
                 for number, data in enumerate(queries):
-                    order = [before, default] if (number + round_number) % 2 == 0 else [default, before]
-                    for name in order:
+                    for name in _rotated(names, number + round_number):
                         warm[name].append(timed(name, data))
-            cold = times[kind, "cold"] = {before: [], default: []}
+            cold = times[kind, "cold"] = {name: [] for name in names}
             for number, data in enumerate(queries[: args.cold]):
-                for name in [before, default] if number % 2 == 0 else [default, before]:
+                for name in _rotated(names, number):
                     cold[name].append(timed(name, data, cold=True))
+        collection.verification, collection.encoder = sides[default]
         runtime = getattr(getattr(encoder, "runtime", None), "name", "torch")
         with collection.sessions() as session:
             stored = session.scalar(select(func.avg(func.length(StoredLocalFeatures.data))))
@@ -126,20 +142,34 @@ def main() -> None:
             print(f"{kind}: no queries (every photo is indexed)")
             continue
         for name, values in sides_times.items():
-            summary[f"{kind}_{label}_{name.split()[0]}_median_ms"] = round(statistics.median(values), 1)
-            summary[f"{kind}_{label}_{name.split()[0]}_mean_ms"] = round(statistics.mean(values), 1)
+            side = name.split()[0]
+            summary[f"{kind}_{label}_{side}_median_ms"] = round(statistics.median(values), 1)
+            summary[f"{kind}_{label}_{side}_mean_ms"] = round(statistics.mean(values), 1)
             print(
-                f"{kind:<7} {label} {name:<28} median {statistics.median(values):7.1f} ms, "
+                f"{kind:<7} {label} {name:<30} median {statistics.median(values):7.1f} ms, "
                 f"mean {statistics.mean(values):7.1f} ms ({len(values)} queries)"
             )
         ratio = statistics.median(sides_times[default]) / statistics.median(sides_times[before])
         summary[f"{kind}_{label}_ratio_median"] = round(ratio, 3)
         print(f"{kind:<7} {label} ratio (median, default / before): {ratio:.3f}")
+        if FILED in sides_times:
+            ratio = statistics.median(sides_times[default]) / statistics.median(sides_times[FILED])
+            summary[f"{kind}_{label}_ratio_to_filed_median"] = round(ratio, 3)
+            print(f"{kind:<7} {label} ratio (median, default / filed): {ratio:.3f}")
     print(
         f"extra storage per image: {feature_bytes / 1024:.1f} KB in the database (local features, mean of "
         f"{rows} rows); in memory, once read, {in_memory / 1024:.1f} KB (mean over 50 of the photos)"
     )
     print(json.dumps(summary))
+
+
+FILED = "filed (torch fp32, no verif.)"
+
+
+def _rotated(names: list[str], shift: int) -> list[str]:
+    """Each query starts with another side, so a busy machine slows every side alike."""
+    shift %= len(names)
+    return names[shift:] + names[:shift]
 
 
 def _load() -> str:
