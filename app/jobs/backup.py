@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, func, make_url, select, text
+from sqlalchemy import Engine, create_engine, delete, event, func, make_url, select, text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -391,8 +391,11 @@ def make_sqlite_engine(path: Path) -> Engine:
 
 
 def _plain_engine(path: Path) -> Engine:
-    # No WAL pragma: the copy is private to this process and must stay a single file.
-    return create_engine(f"sqlite:///{path}")
+    # No WAL pragma: the copy is private to this process and must stay a single file. Foreign keys on, so
+    # a row dropped from the copy takes its local features and staged vectors with it.
+    engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", lambda connection, _record: connection.execute("PRAGMA foreign_keys=ON"))
+    return engine
 
 
 def _require_new_folder(path: Path, what: str, hint: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from app.cli import app as cli
@@ -191,6 +192,11 @@ def test_rows_deleted_while_the_backup_runs_are_left_out(
         assert copy.get("/stats").json()["count"] == 4
         assert copy.get("/images/2").status_code == 404
         assert {i for i, _ in search(copy, image_bytes(2), 10)} == {1, 3, 4, 5}
+    restored = create_engine(settings.model_copy(update={"data_dir": tmp_path / "new"}).db_url)
+    with restored.connect() as connection:  # the dropped row's local features went with it
+        featured = connection.execute(text("SELECT image_id FROM local_features")).scalars().all()
+    restored.dispose()
+    assert sorted(featured) == [1, 3, 4, 5]
 
 
 def test_refusals_say_what_to_do(settings: Settings, served: TestClient, tmp_path: Path) -> None:
