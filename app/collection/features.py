@@ -13,6 +13,7 @@ database writer (a bulk job holds SQLite's write lock for seconds at a time).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,14 +56,17 @@ class StoredFeatures:
         self._items: OrderedDict[int, LocalFeatures] = OrderedDict()
         self._max_items = max_items
         self._writes: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, image_ids: Sequence[int]) -> list[LocalFeatures | None]:
         """The features of each id, in order (None: the image is gone or its file unreadable)."""
         found: dict[int, LocalFeatures] = {}
-        for image_id in image_ids:
-            if image_id in self._items:
-                self._items.move_to_end(image_id)
-                found[image_id] = self._items[image_id]
+        with self._lock:  # requests search from several threads at once
+            for image_id in image_ids:
+                held = self._items.get(image_id)
+                if held is not None:
+                    self._items.move_to_end(image_id)
+                    found[image_id] = held
         missing = [i for i in dict.fromkeys(image_ids) if i not in found]
         if missing:
             with self._sessions() as session:
@@ -84,18 +88,21 @@ class StoredFeatures:
 
     def clear(self) -> None:
         """Forget what is held in memory (the stored rows stay)."""
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
 
     def close(self) -> None:
         """Wait for the features being stored, so nothing writes after the collection closes."""
-        if self._writes is not None:
-            self._writes.shutdown(wait=True)
-            self._writes = None
+        with self._lock:
+            writes, self._writes = self._writes, None
+        if writes is not None:
+            writes.shutdown(wait=True)
 
     def _keep(self, image_id: int, features: LocalFeatures) -> LocalFeatures:
-        self._items[image_id] = features
-        if len(self._items) > self._max_items:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[image_id] = features
+            if len(self._items) > self._max_items:
+                self._items.popitem(last=False)
         return features
 
     def _derive(self, image_id: int) -> bytes | None:
@@ -106,9 +113,10 @@ class StoredFeatures:
     def _store_later(self, rows: list[tuple[int, bytes]]) -> None:
         if not rows:
             return
-        if self._writes is None:
-            self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbir-features")
-        self._writes.submit(self._store, rows)
+        with self._lock:
+            if self._writes is None:
+                self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbir-features")
+            self._writes.submit(self._store, rows)
 
     def _store(self, rows: list[tuple[int, bytes]]) -> None:
         try:
