@@ -17,9 +17,12 @@ fp32_query_ms, query_ratio); the runtime's vectors must share fp32's fingerprint
 On CUDA the run also embeds the first 1,000 files with JPEGs decoded on the GPU and on the CPU and prints
 the cosine between the two descriptors of each image. --memory instead runs `cbir index` in a child
 process on 10,000 and on 100,000 files and prints the peak resident memory of each, side by side.
+--features-cost also runs the job without extracting local features (the reader's ORB, stored with each row
+for geometric verification since issue 13), alternating which of the two goes first, for what storing them
+costs.
 
     python bench/index_throughput.py [--dir DIR] [--repeat R] [--device cuda] [--batch-size B] [--runs N]
-                                     [--runtime auto|torch|openvino_bf16|...] [--queries 40]
+                                     [--runtime auto|torch|openvino_bf16|...] [--queries 40] [--features-cost]
     python bench/index_throughput.py --memory [--sizes 10000,100000] [--device cuda]
 """
 
@@ -35,6 +38,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,7 @@ from app.collection.facade import Collection  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.encoders import encoder_from_settings  # noqa: E402
 from app.files.decoding import Skipped, list_files  # noqa: E402
+from app.jobs import runner  # noqa: E402
 from app.jobs.bulk import index_files  # noqa: E402
 from app.jobs.embed import Embedded  # noqa: E402
 from app.jobs.runner import run_stages  # noqa: E402
@@ -98,12 +103,18 @@ def forward_images_per_second(encoder: Encoder, paths: list[Path], images: int, 
 
 
 def index_images_per_second(
-    encoder: Encoder, settings: Settings, paths: list[Path], copy_files: bool
+    encoder: Encoder, settings: Settings, paths: list[Path], copy_files: bool, features: bool = True
 ) -> tuple[float, int]:
     collection = Collection.open(settings, encoder)
-    started = time.perf_counter()
-    report = index_files(collection, paths, copy_files=copy_files)
-    seconds = time.perf_counter() - started
+    read_options = runner.read_options
+    if not features:  # the job as it was before it stored local features (issue 13): for its cost only
+        runner.read_options = lambda *a, **k: replace(read_options(*a, **k), local_features=False)
+    try:
+        started = time.perf_counter()
+        report = index_files(collection, paths, copy_files=copy_files)
+        seconds = time.perf_counter() - started
+    finally:
+        runner.read_options = read_options
     collection.close()
     if report.skipped:
         print(f"skipped {len(report.skipped)}: {report.skipped[:3]}", flush=True)
@@ -216,6 +227,11 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto", help="CBIR_RUNTIME of the encoder measured [auto]")
     parser.add_argument("--queries", type=int, default=40, help="query latency: files queried per round")
     parser.add_argument("--memory", action="store_true", help="peak memory at --sizes instead")
+    parser.add_argument(
+        "--features-cost",
+        action="store_true",
+        help="also index without extracting local features (alternating), for what storing them costs",
+    )
     parser.add_argument("--skip-cosine", action="store_true", help="CUDA: skip the GPU/CPU decode cosine")
     parser.add_argument("--sizes", default="10000,100000", help="--memory: file counts")
     args = parser.parse_args()
@@ -226,6 +242,7 @@ def main() -> None:
     forward_runs: list[float] = []
     fp32_runs: list[float] = []
     index_runs: list[float] = []
+    bare_runs: list[float] = []  # --features-cost
     with tempfile.TemporaryDirectory(prefix="cbir-bench-") as tmp:
         work = Path(tmp)
         count = len(list_files(args.dir)) * args.repeat
@@ -253,8 +270,19 @@ def main() -> None:
             fp32_runs.append(forward_images_per_second(fp32, paths, fp32_images, settings.max_pixels))
             forward_runs.append(forward_images_per_second(encoder, paths, len(paths), settings.max_pixels))
             run_settings = settings.model_copy(update={"data_dir": work / f"data-{run}"})
+            bare_settings = settings.model_copy(update={"data_dir": work / f"data-bare-{run}"})
+            if args.features_cost and run % 2 == 1:  # the two jobs alternate which goes first
+                bare_runs.append(
+                    index_images_per_second(encoder, bare_settings, paths, not args.no_copy, False)[0]
+                )
             rate, added = index_images_per_second(encoder, run_settings, paths, not args.no_copy)
             index_runs.append(rate)
+            if args.features_cost and run % 2 == 0:
+                bare_runs.append(
+                    index_images_per_second(encoder, bare_settings, paths, not args.no_copy, False)[0]
+                )
+            if args.features_cost:
+                print(f"run {run + 1}: index without local features {bare_runs[-1]:.1f} img/s", flush=True)
             print(
                 f"run {run + 1}: fp32 forward {fp32_runs[-1]:.1f} img/s, {encoder.runtime.name} forward "
                 f"{forward_runs[-1]:.1f} img/s, index {rate:.1f} img/s",
@@ -281,6 +309,9 @@ def main() -> None:
     print(f"cbir index   : {indexed:8.1f} img/s")
     print(f"ratio        : {indexed / forward:8.3f}")
     print(f"vs fp32      : {indexed / fp32_forward:8.3f}x")
+    if bare_runs:
+        plain = max(bare_runs)
+        print(f"no features  : {plain:8.1f} img/s (cbir index storing them runs at {indexed / plain:.3f}x)")
     if latencies is not None:
         print(f"one query    : {latencies['runtime']:.1f} ms against {latencies['fp32']:.1f} ms in fp32")
     if cosines is not None:
@@ -311,6 +342,7 @@ def main() -> None:
                     "forward": [round(r, 1) for r in forward_runs],
                     "fp32_forward": [round(r, 1) for r in fp32_runs],
                     "index": [round(r, 1) for r in index_runs],
+                    "index_without_local_features": [round(r, 1) for r in bare_runs],
                 },
                 "gpu_cpu_decode_cosine": cosines,
             }
