@@ -129,7 +129,7 @@ class EmbedBatch:
 
 _COLUMNS = (
     *("status", "reason", "sha256", "data", "width", "height"),
-    *("format", "name", "source", "meta", "vector", "features"),
+    *("format", "name", "source", "meta", "vector", "features", "has_features"),
 )
 
 
@@ -147,6 +147,7 @@ def _row(item: ImageRecord, vector: np.ndarray) -> dict[str, Any]:
         "meta": json.dumps(item.meta),
         "vector": vectors_codec.encode(vector),
         "features": item.local_features or b"",
+        "has_features": item.local_features is not None,  # b"": a picture without keypoints
     }
 
 
@@ -164,6 +165,7 @@ def _skipped_row(skipped: Skipped) -> dict[str, Any]:
         "meta": "{}",
         "vector": b"",
         "features": b"",
+        "has_features": False,
     }
 
 
@@ -239,5 +241,5 @@ def _record(batch: dict[str, np.ndarray], i: int) -> ImageRecord:
         original_name=str(batch["name"][i]),
         source_path=source,
         meta=json.loads(str(batch["meta"][i])),
-        local_features=bytes(batch["features"][i]) or None,
+        local_features=bytes(batch["features"][i]) if batch["has_features"][i] else None,
     )
