@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.servers import free_port, stop_server
+from tests.helpers.servers import free_port, start_server, stop_server
 from tests.helpers.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,24 +45,8 @@ def tiny_env(data_dir: Path, **extra: str) -> dict[str, str]:
 @contextmanager
 def cbir_serve(env: dict[str, str]) -> Iterator[str]:
     """`cbir serve` on a free port, yielding its URL once /health answers 200; SIGINT at the end."""
-    port = free_port()
-    process = subprocess.Popen(
-        [*CBIR, "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_server([*CBIR, "serve"], env, cwd=ROOT, timeout=120)
     try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"`cbir serve` exited: {process.stderr.read() if process.stderr else ''}")
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-
-        wait_for(healthy, "`cbir serve` to become healthy", 120, ignoring=NOT_YET, interval=0.1)
         yield url
     finally:
         stop_server(process)

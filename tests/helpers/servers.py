@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import threading
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -34,8 +36,18 @@ def start_server(
     """`command` + `--port N` started, returned once its /health answers 200 (fails saying why not)."""
     port = free_port()
     process = subprocess.Popen(
-        [*command, "--port", str(port)], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
+        [*command, "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    # The server logs every request to stderr: unread, the pipe fills (64 KiB) and the server blocks on
+    # its next log line, answering nothing more and never shutting down. A thread keeps reading it.
+    tail: deque[str] = deque(maxlen=100)
+    reader = threading.Thread(target=tail.extend, args=(process.stderr,), daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
@@ -46,8 +58,9 @@ def start_server(
         )
     except AssertionError as exc:
         process.kill()
-        _, stderr = process.communicate(timeout=30)
-        raise AssertionError(f"{exc}; its stderr ends: {stderr[-2000:]}") from None
+        process.wait(timeout=30)
+        reader.join(timeout=30)
+        raise AssertionError(f"{exc}; its stderr ends: {''.join(tail)[-2000:]}") from None
     return process, url
 
 
