@@ -19,11 +19,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.collection import stores
+from app.collection.features import store_missing
 from app.collection.results import Added
 from app.collection.versions import read_active
 from app.db import vectors as vectors_codec
 from app.db.changes import ADD, record_change
-from app.db.tables import Image, StoredLocalFeatures
+from app.db.tables import Image
 from app.errors import ServiceBusyError
 from app.files.decoding import Storable
 from app.files.storage import FileStore
@@ -148,13 +149,10 @@ def insert_many(
 
 def _insert_features(session: Session, rows: Sequence[tuple[int, Storable]]) -> None:
     """The new rows' local features, where the reader extracted them (app/collection/features.py)."""
-    values = [
-        {"image_id": image_id, "data": item.local_features}
-        for image_id, item in rows
-        if item.local_features is not None
-    ]
-    if values:
-        session.execute(insert(StoredLocalFeatures), values)
+    store_missing(
+        session,
+        [(image_id, item.local_features) for image_id, item in rows if item.local_features is not None],
+    )
 
 
 def refuse_if_swapped(made_by: str | None, fingerprint: str) -> None:
