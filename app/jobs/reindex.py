@@ -28,7 +28,7 @@ from app.config import Settings
 from app.db import vectors as vectors_codec
 from app.db.changes import ENCODER_SWITCH, record_change
 from app.db.session import open_database
-from app.db.tables import Image, StagedVector
+from app.db.tables import Image, StagedVector, StoredLocalFeatures
 from app.encoders import encoder_from_settings
 from app.errors import JobError
 from app.files.decoding import Skipped
@@ -142,6 +142,9 @@ def _stage(
         ).all()
     if not todo:
         return
+    with sessions() as session:
+        featured = exists().where(StoredLocalFeatures.image_id == Image.id)
+        lacking_features = bool(session.scalar(select(exists().where(_unstaged(target), ~featured))))
     paths: list[Path] = []
     id_of: dict[str, int] = {}
     for image_id, sha256, fmt, source_path in todo:
@@ -185,6 +188,7 @@ def _stage(
         max_pixels=settings.max_pixels,
         gpu_decode=settings.gpu_decode,
         workers=settings.workers,
+        local_features=lacking_features,  # no ORB for a collection whose rows all have their features
     )
 
 

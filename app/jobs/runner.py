@@ -29,12 +29,14 @@ Write = Callable[[Sequence[Embedded], int, Sequence[Skipped]], None]
 WRITES_IN_FLIGHT = 2
 
 
-def read_options(encoder: ImageEncoder, max_pixels: int, gpu_decode: bool) -> ReadOptions:
+def read_options(
+    encoder: ImageEncoder, max_pixels: int, gpu_decode: bool, local_features: bool = True
+) -> ReadOptions:
     """Pixels for the encoder, and local features for the rows; JPEGs left to the GPU's decoder when it is
     a CUDA encoder and allowed to."""
     on_gpu = isinstance(encoder, Encoder) and encoder.device.type == "cuda" and gpu_decode
     return ReadOptions(
-        max_side=encoder.max_side, max_pixels=max_pixels, device_jpeg=on_gpu, local_features=True
+        max_side=encoder.max_side, max_pixels=max_pixels, device_jpeg=on_gpu, local_features=local_features
     )
 
 
@@ -49,13 +51,15 @@ def run_stages(
     known: Known = nothing_known,
     slot: Slot | None = None,
     stop: threading.Event | None = None,
+    local_features: bool = True,
 ) -> bool:
     """Embed every item and hand it to ``write``; True when ``stop`` ended the run early (the batches in
-    flight are written, no more read). A failure in ``write`` is raised once the writes in flight end."""
+    flight are written, no more read). A failure in ``write`` is raised once the writes in flight end.
+    ``local_features``: extract them too (the records' ``local_features``)."""
     cuda = encoder.device.type == "cuda"
     loader = batch_loader(
         items,
-        read_options(encoder, max_pixels, gpu_decode),
+        read_options(encoder, max_pixels, gpu_decode, local_features),
         batch_size=encoder.batch_size,
         workers=workers,
         known=known,

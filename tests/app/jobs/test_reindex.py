@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from app.collection.facade import Collection
 from app.config import Settings
-from app.db.tables import Image, StagedVector
+from app.db.tables import Image, StagedVector, StoredLocalFeatures
 from app.encoders import encoder_from_settings
 from app.errors import CollectionMismatchError
 from app.jobs import reindex as reindex_module
@@ -128,3 +128,26 @@ def test_unreadable_files_stop_the_switch_and_say_what_to_do(settings: Settings)
         assert set(session.scalars(select(Image.encoder))) == {collection.encoder.fingerprint}
     assert np.array_equal(collection.index.ids(), np.array(ids))
     collection.close()
+
+
+def feature_rows(collection: Collection) -> dict[int, bytes]:
+    with collection.sessions() as session:
+        rows = session.execute(select(StoredLocalFeatures.image_id, StoredLocalFeatures.data))
+        return {image_id: data for image_id, data in rows}
+
+
+@pytest.mark.parametrize("lacking", [0, 2])
+def test_reindex_stores_the_local_features_older_rows_lack(settings: Settings, lacking: int) -> None:
+    """A collection from before features were stored gets them; one that has them keeps them as they are."""
+    collection = open_collection(settings)
+    ids = fill(collection, range(4))
+    before = feature_rows(collection)
+    with collection.sessions.begin() as session:
+        session.execute(delete(StoredLocalFeatures).where(StoredLocalFeatures.image_id.in_(ids[:lacking])))
+    collection.close()
+
+    assert reindex_collection(settings.model_copy(update={"head": "mac"})).switched
+
+    reopened = open_collection(settings.model_copy(update={"head": "mac"}))
+    assert feature_rows(reopened) == before  # the same bytes an upload stored
+    reopened.close()
